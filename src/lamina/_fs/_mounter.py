@@ -1,0 +1,113 @@
+"""Reference-counted views: the one place where ``get``/``put`` are counted.
+
+Drivers describe a layer's view as a :class:`Mount` and never count; the
+:class:`Mounter` performs the mount on first acquire and undoes it on the last
+release (containerd's lesson after Docker's per-driver counters leaked
+mounts).  A ``direct`` mount is a plain directory served as it is, with no
+system call, which is how vfs and unprivileged use work.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lamina.errors import InUseError
+
+__all__ = ["Mount", "Mounter"]
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A view of a layer described as data.
+
+    ``type`` is ``"direct"`` for a directory served as it is (``target`` is
+    that directory), or a kernel filesystem type such as ``"overlay"``.
+    ``cwd`` is where relative paths in ``options`` resolve (long lower chains).
+    """
+
+    type: str
+    source: str
+    target: Path
+    options: tuple[str, ...] = field(default_factory=tuple)
+    cwd: Path | None = None
+
+    @property
+    def is_direct(self) -> bool:
+        """True when serving the view needs no mount at all."""
+        return self.type == "direct"
+
+
+MountFn = Callable[[Mount], None]
+UnmountFn = Callable[[Mount], None]
+
+
+def _no_op(_: Mount) -> None:
+    return None
+
+
+@dataclass
+class _Entry:
+    mount: Mount
+    count: int
+
+
+class Mounter:
+    """Thread-safe reference counts keyed by layer id.
+
+    ``mount_fn``/``unmount_fn`` do the real work for non-direct mounts; they
+    are injected so this counting logic stays independent of how mounting is
+    done (kernel mount, helper process, another process's shared table).
+    """
+
+    def __init__(self, mount_fn: MountFn = _no_op, unmount_fn: UnmountFn = _no_op) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, _Entry] = {}
+        self._mount_fn = mount_fn
+        self._unmount_fn = unmount_fn
+
+    def acquire(self, key: str, describe: Callable[[], Mount]) -> Path:
+        """Count one user of ``key``'s view, mounting it if it is the first."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                mount = describe()
+                if not mount.is_direct:
+                    self._mount_fn(mount)
+                entry = self._entries[key] = _Entry(mount, 0)
+            entry.count += 1
+            return entry.mount.target
+
+    def release(self, key: str) -> None:
+        """Drop one user; unmount at zero.  Releasing an unheld view is an error."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                raise InUseError(f"put of {key!r} without a matching get")
+            entry.count -= 1
+            if entry.count > 0:
+                return
+            del self._entries[key]
+            if not entry.mount.is_direct:
+                self._unmount_fn(entry.mount)
+
+    def count(self, key: str) -> int:
+        """Current number of holders of ``key`` in this process."""
+        with self._lock:
+            entry = self._entries.get(key)
+            return entry.count if entry else 0
+
+    def held(self) -> list[str]:
+        """Keys with at least one holder."""
+        with self._lock:
+            return list(self._entries)
+
+    def release_all(self) -> None:
+        """Forget every holder and unmount everything (driver cleanup)."""
+        with self._lock:
+            entries, self._entries = self._entries, {}
+        for entry in entries.values():
+            if not entry.mount.is_direct:
+                self._unmount_fn(entry.mount)

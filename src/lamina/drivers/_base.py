@@ -1,0 +1,180 @@
+"""The graph-driver contract (Docker's ``graphdriver.Driver``) as a base class.
+
+Lifecycle vocabulary:
+
+* a **layer** is created empty with ``create(id, parent)`` (read-only image
+  layers) or ``create_read_write(id, parent)`` (container layers) and starts
+  out showing exactly its parent's content;
+* ``apply_diff(id, parent, tar)`` fills an image layer from a layer tar;
+* ``get(id)`` returns the root of the layer's merged view and counts a user;
+  ``put(id)`` releases one; the view goes away when the count reaches zero;
+* ``diff``/``changes``/``diff_size`` describe what a layer changed relative
+  to its parent.
+
+Drivers implement the storage methods and :meth:`Driver._mount_spec`; the
+counting lives once, in :class:`lamina._fs.Mounter`.  Drivers without a
+faster native path inherit ``diff``, ``changes``, ``apply_diff`` and
+``diff_size`` from :mod:`lamina.drivers._naive`, which compares merged views
+with the archive engine.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from lamina._change import Change
+from lamina._fs import Mount, Mounter
+from lamina.errors import InvalidArgumentError, NotFoundError
+
+__all__ = ["Driver", "FileGetter", "StorageOpts", "validate_id"]
+
+StorageOpts = Mapping[str, str]
+
+
+class FileGetter(Protocol):
+    """Serves the bytes of a layer's files by tar entry name (tar-split's FileGetter)."""
+
+    def get(self, name: str) -> BinaryIO:
+        """Open the file that the tar entry ``name`` holds."""
+        ...
+
+    def close(self) -> None:
+        """Release whatever the getter holds (a ``get`` of the layer, for instance)."""
+        ...
+
+
+def validate_id(layer_id: str) -> str:
+    """Refuse ids that could name something other than one layer directory."""
+    if (
+        not layer_id
+        or layer_id in (".", "..")
+        or "/" in layer_id
+        or "\x00" in layer_id
+        or len(layer_id) > 255
+    ):
+        raise InvalidArgumentError(f"invalid layer id {layer_id!r}")
+    return layer_id
+
+
+class Driver(abc.ABC):
+    """Base class of every lamina driver; ``home`` is ``<root>/<name>``."""
+
+    name: str = ""
+
+    def __init__(self, home: Path, options: Mapping[str, str] | None = None) -> None:
+        self.home = Path(home)
+        self.options: dict[str, str] = dict(options or {})
+        self._mounter = self._make_mounter()
+
+    def _make_mounter(self) -> Mounter:
+        """The mounter for this driver; drivers that mount override this."""
+        return Mounter()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} home={str(self.home)!r}>"
+
+    # -- storage ---------------------------------------------------------
+
+    @abc.abstractmethod
+    def create(
+        self,
+        id: str,
+        parent: str | None = None,
+        *,
+        mount_label: str = "",
+        storage_opt: StorageOpts | None = None,
+    ) -> None:
+        """Create an empty read-only (image) layer on top of ``parent``."""
+
+    @abc.abstractmethod
+    def create_read_write(
+        self,
+        id: str,
+        parent: str | None = None,
+        *,
+        mount_label: str = "",
+        storage_opt: StorageOpts | None = None,
+    ) -> None:
+        """Create a writable (container) layer; the only place ``size`` is accepted."""
+
+    @abc.abstractmethod
+    def remove(self, id: str) -> None:
+        """Delete the layer; removing a missing layer is not an error."""
+
+    @abc.abstractmethod
+    def exists(self, id: str) -> bool:
+        """Whether the layer exists."""
+
+    @abc.abstractmethod
+    def status(self) -> list[tuple[str, str]]:
+        """Key/value diagnostics, as ``docker info`` shows them."""
+
+    @abc.abstractmethod
+    def get_metadata(self, id: str) -> dict[str, str]:
+        """Driver-specific facts about a layer, as ``docker inspect`` shows them."""
+
+    def cleanup(self) -> None:
+        """Release every view this process holds; drivers add crash-leftover sweeps."""
+        self._mounter.release_all()
+
+    # -- views -------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _mount_spec(self, id: str, mount_label: str) -> Mount:
+        """Describe the merged view of ``id``; called on the first ``get`` only."""
+
+    def get(self, id: str, mount_label: str = "") -> Path:
+        """Root of the layer's merged view; every ``get`` needs a ``put``."""
+        validate_id(id)
+        if not self.exists(id):
+            raise NotFoundError(f"layer {id} does not exist")
+        return self._mounter.acquire(id, lambda: self._mount_spec(id, mount_label))
+
+    def put(self, id: str) -> None:
+        """Release one ``get``; the view goes away at zero.  Too many puts raise InUseError."""
+        self._mounter.release(id)
+
+    @contextlib.contextmanager
+    def mounted(self, id: str, mount_label: str = "") -> Iterator[Path]:
+        """``get`` for the length of a ``with`` block."""
+        path = self.get(id, mount_label)
+        try:
+            yield path
+        finally:
+            self.put(id)
+
+    # -- diffs (naive by default) -------------------------------------------
+
+    def diff(self, id: str, parent: str | None = None) -> BinaryIO:
+        """Uncompressed tar of ``id``'s changes relative to ``parent`` (all of it if None)."""
+        from lamina.drivers import _naive
+
+        return _naive.diff(self, id, parent)
+
+    def changes(self, id: str, parent: str | None = None) -> list[Change]:
+        """Paths added, modified or deleted in ``id`` relative to ``parent``."""
+        from lamina.drivers import _naive
+
+        return _naive.changes(self, id, parent)
+
+    def apply_diff(self, id: str, parent: str | None, diff: BinaryIO) -> int:
+        """Extract a layer tar (plain, gzip or zstd) into ``id``; returns the layer size."""
+        from lamina.drivers import _naive
+
+        return _naive.apply_diff(self, id, parent, diff)
+
+    def diff_size(self, id: str, parent: str | None = None) -> int:
+        """Bytes of ``id``'s changes relative to ``parent``."""
+        from lamina.drivers import _naive
+
+        return _naive.diff_size(self, id, parent)
+
+    def diff_getter(self, id: str) -> FileGetter:
+        """Serves file bytes by tar entry name, for reassembling the layer's tar."""
+        from lamina.drivers import _naive
+
+        return _naive.PathFileGetter(self, id)
