@@ -392,14 +392,9 @@ class _Applier:
             uid, gid = self._owner(entry)
             if (uid, gid) != (self.euid, self.egid) or parent_setgid:
                 os.chown(name, uid, gid, dir_fd=parent_fd, follow_symlinks=False)
-        if entry.xattrs and not symlink:
-            fd = os.open(
-                name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_PATH, dir_fd=parent_fd
-            )
-            try:
-                self._xattrs_path(entry, f"/proc/self/fd/{fd}")
-            finally:
-                os.close(fd)
+        if entry.xattrs:
+            # lsetxattr through the parent's descriptor: the last component is not followed
+            self._xattrs_path(entry, f"/proc/self/fd/{parent_fd}/{name}")
         if not symlink and (entry.mode & 0o7000 or entry.mode & self.umask):
             os.chmod(name, entry.mode, dir_fd=parent_fd)
         mtime = entry.mtime_ns
@@ -420,7 +415,7 @@ class _Applier:
             if key.startswith(_PRIVATE_XATTR_PREFIXES):
                 continue
             try:
-                os.setxattr(proc_path, key, value)
+                os.setxattr(proc_path, key, value, follow_symlinks=False)
             except OSError as exc:
                 self._xattr_error(exc, key, proc_path)
 

@@ -102,7 +102,10 @@ def new_driver(
 
 def _lazy(module: str, cls: str) -> DriverFactory:
     def factory(home: Path, options: Mapping[str, str]) -> Driver:
-        driver_cls = getattr(importlib.import_module(module), cls)
+        try:
+            driver_cls = getattr(importlib.import_module(module), cls)
+        except ImportError as exc:
+            raise NotSupportedError(f"driver module {module} cannot be loaded: {exc}") from exc
         driver: Driver = driver_cls(home, options)
         return driver
 
