@@ -86,12 +86,13 @@ class Mounter:
             entry = self._entries.get(key)
             if entry is None:
                 raise InUseError(f"put of {key!r} without a matching get")
-            entry.count -= 1
-            if entry.count > 0:
+            if entry.count > 1:
+                entry.count -= 1
                 return
-            del self._entries[key]
             if not entry.mount.is_direct:
+                # unmount first: if it fails the view is still there and still counted
                 self._unmount_fn(entry.mount)
+            del self._entries[key]
 
     def count(self, key: str) -> int:
         """Current number of holders of ``key`` in this process."""

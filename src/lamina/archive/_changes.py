@@ -28,11 +28,23 @@ So if both mtimes are older than the later birth time minus a slack for
 coarse or slightly stepped clocks, neither was written since the copy:
 unchanged, nothing read.  Otherwise (recently written files, or no birth
 time on this filesystem) the two contents are streamed and compared,
-stopping at the first difference.  Files of real images carry mtimes from
-their tars, days or years older than the extraction that gave birth to
-them, so a layer diff reads only the files touched around the time its
-copy was made.  The one thing trusted, as Docker does, is an mtime that was
-deliberately set back (utime) to well before the file's birth.
+stopping at the first difference.  A symlink's target is fixed at its
+birth, so the same test decides whether two equal-looking symlinks need a
+``readlink`` each.  The same inode on both sides is never read.  Files of
+real images carry mtimes from their tars, days or years older than the
+extraction that gave birth to them, so a layer diff reads only the files
+touched around the time its copy was made: on a Debian base layer (6.7k
+entries) extracted by GNU tar and copied with ``cp -a``, then changed as a
+container would, a scan reads no file at all (one ``statx`` per
+metadata-equal regular file or symlink).
+The one thing trusted, as Docker does, is an mtime that was deliberately
+set back (utime) to well before the file's birth.
+
+The walk is descriptor-relative: each directory pair is listed with
+``scandir`` on open descriptors (names from ``getdents``, inode numbers for
+pruning without a stat), entries are ``fstatat``-ed once per side, and the
+old side's names are matched through a dict rather than a sorted merge (the
+result is sorted once at the end).
 """
 
 from __future__ import annotations
@@ -45,6 +57,7 @@ from dataclasses import dataclass
 
 from lamina._change import Change, ChangeKind
 from lamina.archive._statx import birth_time_ns
+from lamina.errors import NotFoundError
 
 __all__ = ["changes", "changes_size"]
 
@@ -85,8 +98,8 @@ class _Frame:
         self.path = path  # "" for the root, else "/a/b"
         self.start = start  # len(out) when this directory began
         self.added = added  # reported ADD/MODIFY itself, or below an ADD
-        # (name, has old counterpart, counts as added); visited in reverse
-        self.pending: list[tuple[str, bool, bool]] = []
+        # (name, has an old directory counterpart, counts as added, both on one device)
+        self.pending: list[tuple[str, bool, bool, bool]] = []
 
     def close(self) -> None:
         for fd in (self.new_fd, self.old_fd):
@@ -188,14 +201,14 @@ class _Scan:
     # -- the walk ----------------------------------------------------------
 
     def run(self) -> list[Change]:
-        self.new_root_fd = os.open(self.new_root, _DIR_FLAGS & ~os.O_NOFOLLOW)
+        self.new_root_fd = _open_root(self.new_root)
         try:
             if self.old_root is None:
                 root = _Frame(os.dup(self.new_root_fd), None, "", 0, True)
                 self._push(root)
                 self._list_added(root)
             else:
-                self.old_root_fd = os.open(self.old_root, _DIR_FLAGS & ~os.O_NOFOLLOW)
+                self.old_root_fd = _open_root(self.old_root)
                 root = _Frame(os.dup(self.new_root_fd), os.dup(self.old_root_fd), "", 0, True)
                 self._push(root)
                 same_dev = os.fstat(self.new_root_fd).st_dev == os.fstat(self.old_root_fd).st_dev
@@ -220,7 +233,7 @@ class _Scan:
             if len(self.out) > frame.start and not frame.added and frame.path:
                 self.out.append(Change(frame.path, ChangeKind.MODIFY))
             return
-        name, paired, added = frame.pending.pop()
+        name, paired, added, same_dev = frame.pending.pop()
         if frame.new_fd is None:
             try:
                 self._reopen(frame)
@@ -249,7 +262,6 @@ class _Scan:
             if old_fd is None:
                 self._list_added(child)
             else:
-                same_dev = os.fstat(new_fd).st_dev == os.fstat(old_fd).st_dev
                 self._list_pair(child, same_dev)
         except OSError as exc:
             _log.debug("changes: cannot list %s: %s", path, exc)
@@ -268,7 +280,7 @@ class _Scan:
                 except OSError:
                     is_dir = False
                 if is_dir:
-                    frame.pending.append((entry.name, False, True))
+                    frame.pending.append((entry.name, False, True, False))
 
     def _list_pair(self, frame: _Frame, same_dev: bool) -> None:
         assert frame.new_fd is not None and frame.old_fd is not None
@@ -299,13 +311,20 @@ class _Scan:
                 if ost is None:
                     out.append(Change(path, ChangeKind.ADD))
                     if new_is_dir:
-                        frame.pending.append((name, False, True))
+                        frame.pending.append((name, False, True, False))
                     continue
                 modified = _stat_different(ost, nst) or self._differs(frame, name, path, nst, ost)
                 if modified:
                     out.append(Change(path, ChangeKind.MODIFY))
                 if new_is_dir:
-                    frame.pending.append((name, stat.S_ISDIR(ost.st_mode), modified))
+                    frame.pending.append(
+                        (
+                            name,
+                            stat.S_ISDIR(ost.st_mode),
+                            modified,
+                            nst.st_dev == ost.st_dev,
+                        )
+                    )
         for name in old_entries:
             out.append(Change(f"{prefix}/{name}", ChangeKind.DELETE))
 
@@ -342,6 +361,13 @@ class _Scan:
             except OSError:
                 return True
         return not _same_content(frame.new_fd, frame.old_fd, name)
+
+
+def _open_root(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise NotFoundError(f"cannot compare {path!r}: {exc.strerror}", errno=exc.errno) from exc
 
 
 def _open_path(root_fd: int, parts: list[str]) -> int:

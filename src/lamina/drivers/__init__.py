@@ -65,6 +65,12 @@ def _factory(name: str) -> DriverFactory:
     return factory
 
 
+def _start(name: str, root: Path, options: dict[str, str]) -> Driver:
+    driver = _factory(name)(root / name, options)
+    driver.name = name  # the name it was registered under, whatever its class says
+    return driver
+
+
 def _has_state(home: Path) -> bool:
     try:
         with os.scandir(home) as it:
@@ -82,7 +88,7 @@ def new_driver(
     root = Path(root)
     opts = dict(options or {})
     if name:
-        return _factory(name)(root / name, opts)
+        return _start(name, root, opts)
     names = available()
     prior = [n for n in names if _has_state(root / n)]
     if len(prior) > 1:
@@ -90,11 +96,11 @@ def new_driver(
             f"{root} contains several drivers' state: {', '.join(prior)}; choose one explicitly"
         )
     if prior:
-        return _factory(prior[0])(root / prior[0], opts)
+        return _start(prior[0], root, opts)
     reasons = []
     for candidate in (n for n in names if n in PRIORITY):
         try:
-            return _factory(candidate)(root / candidate, opts)
+            return _start(candidate, root, opts)
         except NotSupportedError as exc:
             reasons.append(f"{candidate}: {exc}")
     raise NotSupportedError("no supported storage driver found (" + "; ".join(reasons) + ")")

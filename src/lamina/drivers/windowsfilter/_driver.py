@@ -1,0 +1,761 @@
+"""The windowsfilter driver: Docker's Windows graph driver, on Linux.
+
+Behaviour follows the seed (``reference/seed/windows.go``):
+
+* ``create``/``create_read_write`` write ``layerchain.json`` — the parent's
+  folder then the parent's own chain, nearest first, ``null`` for none —
+  and leave out a parent without a ``Files`` folder (a sandbox, like
+  Docker's ``-init`` layer);
+* ``apply_diff`` imports a Windows layer tar in a helper process
+  (``LAMINA_WINDOWSFILTER_NOREEXEC=1``: inline) into a staging folder that
+  is swapped into place only when complete; the chain comes from the
+  ``parent`` argument, as in the seed; the size is the sum of the sizes of
+  the regular (main-stream) entries;
+* ``remove`` renames ``<id>`` to ``<id>-removing`` before deleting it, and
+  ``cleanup`` sweeps such leftovers (and half-built imports);
+* ids go through ``resolveID``: a ``layerID`` file (any case) in the layer
+  folder names the real layer;
+* ``diff_getter`` serves ``bcd*.bak`` for the four UtilityVM BCD names and
+  the layer folder's file for any other tar entry name, streams included;
+* ``get`` returns the merged ``Files`` tree of the chain: for an image
+  layer a materialised directory of hard links into the layers (read-only
+  by contract), for a sandbox its own writable tree;
+* a ``parent`` of None for ``diff``/``changes``/``diff_size`` means the
+  layer's own parent, as in the seed, which ignores the argument.
+
+Where Windows needs what Linux lacks, the choices are:
+
+* sandboxes are full copies of their parent's merged tree (vfs-style),
+  kept in a loop-mounted sparse ext4 image of the layer's size when a
+  ``size`` is given or the driver option ``windowsfilter.sandbox=loop`` is
+  set (needs root), else in a plain directory with the size recorded but
+  not enforced (``windowsfilter.sandbox=dir``);
+* backing filesystems that fold case, lack hard links or are read-only
+  are refused with IncompatibleFilesystemError, as the seed refuses ReFS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import gzip
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import BinaryIO
+
+import lamina
+from lamina import archive
+from lamina._change import Change, ChangeKind
+from lamina._fs import (
+    Mount,
+    Mounter,
+    _sandbox,
+    made_by_other_live_process,
+    make_staging_dir,
+    remove_tree,
+    rename_noreplace,
+)
+from lamina.archive._tarsplit import assemble, read_records
+from lamina.archive._wintar import MUTATED_FILES
+from lamina.drivers._base import Driver, FileGetter, StorageOpts, validate_id
+from lamina.drivers.windowsfilter import _layout
+from lamina.drivers.windowsfilter._export import PipeReader, generate_diff
+from lamina.drivers.windowsfilter._layout import LayerMeta
+from lamina.drivers.windowsfilter._merge import (
+    Node,
+    ViewItem,
+    changes_between,
+    materialise,
+    merge_chain,
+    stream_source,
+    view_of_index,
+    view_of_tree,
+)
+from lamina.errors import (
+    AlreadyExistsError,
+    ArchiveError,
+    ArchiveTooLargeError,
+    IncompatibleFilesystemError,
+    InUseError,
+    InvalidArchiveError,
+    InvalidArgumentError,
+    LaminaError,
+    NotFoundError,
+    QuotaExceededError,
+    QuotaNotSupportedError,
+    StateError,
+    UnsafeArchiveError,
+)
+
+__all__ = ["DEFAULT_SANDBOX_SIZE", "WindowsFilterDriver", "parse_size"]
+
+#: The seed's default sandbox size, 127 GB in Docker's (binary) units.
+DEFAULT_SANDBOX_SIZE = 127 * 1024**3
+NOREEXEC_ENV = "LAMINA_WINDOWSFILTER_NOREEXEC"
+_SANDBOX_OPTION = "windowsfilter.sandbox"
+_STAGING = ".lamina-staging"
+_REMOVING = "-removing"
+#: Filesystems that cannot hold layer folders: they fold case (two Windows
+#: names differing in case are one file, but Linux tools see both), cannot
+#: hard-link (cross-layer links, views) or are read-only.
+UNSUPPORTED_FILESYSTEMS = frozenset(
+    {
+        "vfat",
+        "msdos",
+        "exfat",
+        "ntfs",
+        "ntfs3",
+        "fuseblk",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "iso9660",
+        "squashfs",
+        "udf",
+        "erofs",
+        "hfsplus",
+    }
+)
+_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)*) ?([kKmMgGtTpP])?[iI]?[bB]?$")
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+_ERRORS: dict[str, type[LaminaError]] = {
+    cls.__name__: cls
+    for cls in (
+        InvalidArchiveError,
+        UnsafeArchiveError,
+        ArchiveError,
+        StateError,
+        InvalidArgumentError,
+        NotFoundError,
+        LaminaError,
+        ArchiveTooLargeError,
+    )
+}
+
+
+def parse_size(value: str) -> int:
+    """Docker's ``units.RAMInBytes``: ``50M`` is 50 MiB."""
+    m = _SIZE_RE.match(value.strip())
+    if not m:
+        raise InvalidArgumentError(f"invalid size: {value!r}")
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+
+
+def _filesystem_type(path: Path) -> str:
+    target = os.path.realpath(path)
+    best, fstype = "", "unknown"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                fields = line.split()
+                sep = fields.index("-")
+                point = fields[4].encode().decode("unicode_escape")
+                if (target == point or target.startswith(point.rstrip("/") + "/")) and len(
+                    point
+                ) >= len(best):
+                    best, fstype = point, fields[sep + 1]
+    except (OSError, ValueError, IndexError):
+        return "unknown"
+    return fstype
+
+
+class _Getter:
+    """Serves a layer's bodies by tar entry name (the seed's fileGetCloser)."""
+
+    def __init__(
+        self,
+        layer_dir: Path,
+        meta: LayerMeta,
+        files_root: Path | None,
+        release: tuple[Driver, str] | None,
+    ) -> None:
+        self._dir = layer_dir
+        self._streams = {
+            str(e["name"]): stream_source(layer_dir, e)
+            for e in meta.entries
+            if e["kind"] == "stream"
+        }
+        self._files_root = files_root
+        self._release = release
+
+    def get(self, name: str) -> BinaryIO:
+        if name in MUTATED_FILES:
+            return open(self._dir / MUTATED_FILES[name], "rb")
+        stream = self._streams.get(name)
+        if stream is not None:
+            return open(stream, "rb")
+        rel = archive.clean_entry_name(name)
+        if not rel or rel.split("/")[0] not in ("Files", "Hives", "UtilityVM"):
+            raise NotFoundError(f"{name}: not a Windows layer entry name")
+        root = self._dir
+        if self._files_root is not None and rel.startswith("Files/"):
+            root, rel = self._files_root, rel[len("Files/") :]
+        try:
+            return archive.open_beneath(root, rel)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise NotFoundError(f"{name}: not in layer {self._dir.name}") from exc
+
+    def close(self) -> None:
+        if self._release is not None:
+            driver, id = self._release
+            self._release = None
+            driver.put(id)
+
+
+class WindowsFilterDriver(Driver):
+    """Windows image layers in the seed's folder layout, served on Linux."""
+
+    name = "windowsfilter"
+
+    def __init__(self, home: Path, options: Mapping[str, str] | None = None) -> None:
+        home = Path(home)
+        opts = dict(options or {})
+        self.sandbox_mode = opts.pop(_SANDBOX_OPTION, "auto")
+        if self.sandbox_mode not in ("auto", "dir", "loop"):
+            raise InvalidArgumentError(f"{_SANDBOX_OPTION} must be auto, dir or loop")
+        if opts:
+            raise InvalidArgumentError(f"unknown option {sorted(opts)[0]} for windowsfilter")
+        probe = home
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        self.backing_fs = _filesystem_type(probe)
+        if self.backing_fs in UNSUPPORTED_FILESYSTEMS:
+            raise IncompatibleFilesystemError(
+                f"{home} is on a {self.backing_fs} filesystem - "
+                f"{self.backing_fs} volumes are not supported"
+            )
+        os.makedirs(home, mode=0o700, exist_ok=True)
+        os.chmod(home, 0o700)
+        super().__init__(home, options)
+        self._lock = threading.Lock()
+        self._in_flight: set[str] = set()
+
+    def _make_mounter(self) -> Mounter:
+        return Mounter(self._do_mount, self._do_unmount)
+
+    # -- paths and ids ---------------------------------------------------------
+
+    def _dir(self, id: str) -> Path:
+        return self.home / os.path.basename(id)
+
+    def _resolve(self, id: str) -> str:
+        validate_id(id)
+        found = _layout.find_layer_id_file(self._dir(id))
+        if found is None:
+            return id
+        return validate_id(found.read_text(encoding="utf-8", errors="surrogateescape"))
+
+    def _meta(self, rid: str) -> LayerMeta:
+        path = self._dir(rid)
+        if not path.is_dir():
+            raise NotFoundError(f"layer {rid} does not exist")
+        return _layout.read_meta(path)
+
+    def _chain_for_parent(self, parent: str | None, *, need_files: bool) -> list[str]:
+        if not parent:
+            return []
+        rpid = self._resolve(parent)
+        parent_dir = self._dir(rpid)
+        if not parent_dir.is_dir():
+            raise NotFoundError(f"Cannot create layer with missing parent {parent}")
+        chain = _layout.read_layer_chain(parent_dir)
+        if need_files and not (parent_dir / "Files").is_dir():
+            return chain
+        return [str(parent_dir), *chain]
+
+    # -- storage ---------------------------------------------------------------
+
+    def create(
+        self,
+        id: str,
+        parent: str | None = None,
+        *,
+        mount_label: str = "",
+        storage_opt: StorageOpts | None = None,
+    ) -> None:
+        """Create an empty image layer (filled later by ``apply_diff``)."""
+        validate_id(id)
+        if storage_opt:
+            raise InvalidArgumentError("storage options are only accepted for read-write layers")
+        chain = self._chain_for_parent(parent, need_files=True)
+        self._publish(id, LayerMeta(parent=self._parent_id(parent)), chain)
+
+    def _parent_id(self, parent: str | None) -> str | None:
+        return self._resolve(parent) if parent else None
+
+    def _publish(self, id: str, meta: LayerMeta, chain: list[str], sandbox_size: int = 0) -> None:
+        target = self._dir(id)
+        if os.path.lexists(target):
+            raise AlreadyExistsError(f"layer {id} already exists")
+        staging = make_staging_dir(self.home / _STAGING, id)
+        with self._lock:
+            self._in_flight.add(staging.name)
+        try:
+            os.chmod(staging, 0o755)
+            if meta.kind == _layout.KIND_IMAGE:
+                os.mkdir(staging / "Files", 0o755)
+            else:
+                self._build_sandbox(staging, meta, chain)
+            _layout.write_meta(staging, meta)
+            _layout.write_layer_chain(staging, chain)
+            try:
+                rename_noreplace(staging, target)
+            except (FileExistsError, OSError) as exc:
+                if isinstance(exc, FileExistsError) or exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise AlreadyExistsError(f"layer {id} already exists") from None
+                raise
+        except BaseException:
+            if os.path.ismount(staging / _layout.SANDBOX_DIR):
+                _sandbox.unmount_image(staging / _layout.SANDBOX_DIR)
+            remove_tree(staging)
+            raise
+        finally:
+            with self._lock:
+                self._in_flight.discard(staging.name)
+
+    def create_read_write(
+        self,
+        id: str,
+        parent: str | None = None,
+        *,
+        mount_label: str = "",
+        storage_opt: StorageOpts | None = None,
+    ) -> None:
+        """Create a sandbox layer; ``size`` (Docker units, default 127 GB) bounds it."""
+        validate_id(id)
+        size = DEFAULT_SANDBOX_SIZE
+        explicit = False
+        for key, value in (storage_opt or {}).items():
+            if key.lower() != "size":
+                raise InvalidArgumentError(
+                    f"storage option {key} is not supported by windowsfilter"
+                )
+            size = parse_size(value)
+            explicit = True
+        backing = "dir"
+        if self.sandbox_mode == "loop" or (explicit and self.sandbox_mode == "auto"):
+            if not _sandbox.loop_supported():
+                raise QuotaNotSupportedError(
+                    "windowsfilter enforces a sandbox size with a loop-mounted image, which needs "
+                    "root, /dev/loop-control and mkfs.ext4"
+                )
+            backing = "loop"
+        elif explicit:
+            raise QuotaNotSupportedError("windowsfilter.sandbox=dir cannot enforce a size")
+        chain = self._chain_for_parent(parent, need_files=True)
+        meta = LayerMeta(
+            kind=_layout.KIND_SANDBOX,
+            parent=self._parent_id(parent),
+            sandbox_size=size,
+            sandbox_backing=backing,
+        )
+        self._publish(id, meta, chain)
+
+    def _chain_layers(self, chain: list[str]) -> list[tuple[Path, LayerMeta]]:
+        """(folder, metadata) of the chain's layers, oldest first."""
+        layers = []
+        for path in reversed(chain):
+            folder = Path(path)
+            meta = _layout.read_meta(folder)
+            if meta.kind == _layout.KIND_IMAGE:
+                layers.append((folder, meta))
+        return layers
+
+    def _build_sandbox(self, staging: Path, meta: LayerMeta, chain: list[str]) -> None:
+        box = staging / _layout.SANDBOX_DIR
+        os.mkdir(box, 0o755)
+        index = merge_chain(self._chain_layers(chain))
+        if meta.sandbox_backing == "loop":
+            image = staging / _layout.SANDBOX_IMAGE
+            _sandbox.make_image(image, meta.sandbox_size)
+            _sandbox.mount_image(image, box)
+        try:
+            os.mkdir(box / "Files", 0o755)
+            try:
+                materialise(index, box / "Files", copy=True)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise QuotaExceededError(
+                        f"the parent's files do not fit in a sandbox of {meta.sandbox_size} bytes",
+                        errno=exc.errno,
+                    ) from exc
+                raise
+        finally:
+            if meta.sandbox_backing == "loop":
+                _sandbox.unmount_image(box)
+
+    def expand_sandbox_size(self, id: str, size: str | int) -> None:
+        """Grow a sandbox to ``size`` (the seed's ``ExpandSandboxSize``); never shrinks."""
+        rid = self._resolve(id)
+        meta = self._meta(rid)
+        if meta.kind != _layout.KIND_SANDBOX:
+            raise InvalidArgumentError(f"layer {id} is not a read-write layer")
+        new = parse_size(size) if isinstance(size, str) else int(size)
+        if new <= meta.sandbox_size:
+            return
+        if meta.sandbox_backing == "loop":
+            if self._mounter.count(rid):
+                raise InUseError(f"layer {id} is in use; put it before growing it")
+            _sandbox.grow_image(self._dir(rid) / _layout.SANDBOX_IMAGE, new)
+        meta.sandbox_size = new
+        _layout.write_meta(self._dir(rid), meta)
+
+    def remove(self, id: str) -> None:
+        """Rename to ``<id>-removing``, then delete; a missing layer is fine."""
+        rid = self._resolve(id)
+        if self._mounter.count(rid):
+            raise InUseError(f"layer {id} is in use")
+        layer = self._dir(rid)
+        tmp = self.home / f"{rid}{_REMOVING}"
+        if os.path.lexists(tmp):
+            self._destroy(tmp)
+        try:
+            os.rename(layer, tmp)
+        except FileNotFoundError:
+            return
+        self._destroy(tmp)
+
+    def _destroy(self, folder: Path) -> None:
+        box = folder / _layout.SANDBOX_DIR
+        if os.path.ismount(box):
+            _sandbox.unmount_image(box)
+        view = folder / _layout.LAMINA_DIR / _layout.VIEW
+        remove_tree(view)
+        remove_tree(folder)
+
+    def exists(self, id: str) -> bool:
+        """Whether the layer folder exists (the seed's ``LayerExists``)."""
+        try:
+            rid = self._resolve(id)
+        except LaminaError:
+            return False
+        return (self._dir(rid) / _layout.LAMINA_DIR / _layout.META).is_file()
+
+    def status(self) -> list[tuple[str, str]]:
+        """The seed's ``[["Windows", ""]]`` plus what this host uses."""
+        return [
+            ("Windows", ""),
+            ("Backing Filesystem", self.backing_fs),
+            ("Sandbox", self.sandbox_mode),
+        ]
+
+    def get_metadata(self, id: str) -> dict[str, str]:
+        """``{"dir": <layer folder>}`` as in the seed."""
+        rid = self._resolve(id)
+        if not self._dir(rid).is_dir():
+            raise NotFoundError(f"layer {id} does not exist")
+        return {"dir": str(self._dir(rid))}
+
+    def cleanup(self) -> None:
+        """Release every view, then sweep ``-removing`` folders and stale imports."""
+        super().cleanup()
+        with self._lock:
+            in_flight = set(self._in_flight)
+        try:
+            names = os.listdir(self.home)
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = self.home / name
+            if name.endswith(_REMOVING) and path.is_dir():
+                self._destroy(path)
+            elif path.is_dir() and (path / _layout.LAMINA_DIR / _layout.VIEW).exists():
+                remove_tree(path / _layout.LAMINA_DIR / _layout.VIEW)
+        staging = self.home / _STAGING
+        try:
+            leftovers = os.listdir(staging)
+        except FileNotFoundError:
+            leftovers = []
+        for name in leftovers:
+            if name in in_flight or made_by_other_live_process(name):
+                continue
+            self._destroy(staging / name)
+
+    # -- views -----------------------------------------------------------------
+
+    def _mount_spec(self, id: str, mount_label: str) -> Mount:
+        layer = self._dir(id)
+        meta = _layout.read_meta(layer)
+        if meta.kind == _layout.KIND_SANDBOX:
+            box = layer / _layout.SANDBOX_DIR
+            if meta.sandbox_backing == "loop":
+                return Mount("ext4", str(layer / _layout.SANDBOX_IMAGE), box, ("loop",))
+            return Mount("direct", str(box), box)
+        return Mount("windowsfilter-view", id, layer / _layout.LAMINA_DIR / _layout.VIEW)
+
+    def _do_mount(self, mount: Mount) -> None:
+        if mount.type == "ext4":
+            _sandbox.mount_image(mount.source, mount.target)
+            return
+        layer = self._dir(mount.source)
+        remove_tree(mount.target)
+        tmp = Path(f"{mount.target}.tmp")
+        remove_tree(tmp)
+        os.mkdir(tmp, 0o755)
+        try:
+            materialise(self._index_of(mount.source), tmp, copy=False)
+            os.rename(tmp, mount.target)
+        except BaseException:
+            remove_tree(tmp)
+            raise
+        del layer
+
+    def _do_unmount(self, mount: Mount) -> None:
+        if mount.type == "ext4":
+            if os.path.ismount(mount.target):
+                _sandbox.unmount_image(mount.target)
+            return
+        remove_tree(mount.target)
+
+    def get(self, id: str, mount_label: str = "") -> Path:
+        """The merged ``Files`` tree; every ``get`` needs a ``put``."""
+        rid = self._resolve(id)
+        path = super().get(rid, mount_label)
+        if path.name == _layout.SANDBOX_DIR:
+            return path / "Files"
+        return path
+
+    def put(self, id: str) -> None:
+        """Release one ``get``."""
+        super().put(self._resolve(id))
+
+    def _index_of(self, rid: str) -> dict[str, Node]:
+        layer = self._dir(rid)
+        meta = _layout.read_meta(layer)
+        chain = self._chain_layers(_layout.read_layer_chain(layer))
+        if meta.kind == _layout.KIND_IMAGE:
+            chain.append((layer, meta))
+        return merge_chain(chain)
+
+    def _parent_view(self, rid: str, meta: LayerMeta, parent: str | None) -> dict[str, ViewItem]:
+        if parent and self._resolve(parent) != meta.parent:
+            return view_of_index(self._index_of(self._resolve(parent)))
+        chain = self._chain_layers(_layout.read_layer_chain(self._dir(rid)))
+        return view_of_index(merge_chain(chain))
+
+    # -- diffs -----------------------------------------------------------------
+
+    def apply_diff(self, id: str, parent: str | None, diff: BinaryIO) -> int:
+        """Import a Windows layer tar (plain, gzip or zstd); returns the seed's size."""
+        validate_id(id)
+        layer = self._dir(id)
+        if layer.exists():
+            meta = _layout.read_meta(layer)
+            if meta.kind != _layout.KIND_IMAGE:
+                raise InvalidArgumentError(f"layer {id} is a read-write layer")
+            if meta.imported:
+                raise AlreadyExistsError(f"layer {id} already holds an imported layer")
+        chain: list[str] = []
+        parent_id = None
+        if parent:
+            parent_id = self._resolve(parent)
+            chain = self._chain_for_parent(parent, need_files=False)
+        stream = archive.decompress(diff)
+        staging = make_staging_dir(self.home / _STAGING, id)
+        with self._lock:
+            self._in_flight.add(staging.name)
+        try:
+            os.chmod(staging, 0o755)
+            size = self._import(stream, staging, parent_id, chain)
+            _layout.write_layer_chain(staging, chain)
+            if layer.exists():
+                if self._mounter.count(id):
+                    raise InUseError(f"layer {id} is in use")
+                _sandbox.exchange_dirs(staging, layer)
+                self._destroy(staging)
+            else:
+                try:
+                    rename_noreplace(staging, layer)
+                except FileExistsError:
+                    raise AlreadyExistsError(f"layer {id} already exists") from None
+            return size
+        except BaseException:
+            self._destroy(staging)
+            raise
+        finally:
+            with self._lock:
+                self._in_flight.discard(staging.name)
+
+    def _import(
+        self, stream: BinaryIO, staging: Path, parent_id: str | None, chain: list[str]
+    ) -> int:
+        if os.environ.get(NOREEXEC_ENV):
+            from lamina.drivers.windowsfilter._import import load_parent, write_layer
+
+            parents = [load_parent(p) for p in chain]
+            root = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                return write_layer(stream, root, parents, parent_id=parent_id)
+            finally:
+                os.close(root)
+                for p in parents:
+                    os.close(p.fd)
+        return self._import_reexec(stream, staging, parent_id, chain)
+
+    def _import_reexec(
+        self, stream: BinaryIO, staging: Path, parent_id: str | None, chain: list[str]
+    ) -> int:
+        env = dict(os.environ)
+        pkg_root = str(Path(lamina.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = pkg_root + (
+            os.pathsep + env["PYTHONPATH"] if "PYTHONPATH" in env else ""
+        )
+        argv = [
+            sys.executable,
+            "-m",
+            "lamina.drivers.windowsfilter._import",
+            str(staging),
+            parent_id or "",
+            *chain,
+        ]
+        feed_error: list[BaseException] = []
+        with tempfile.TemporaryFile() as errors:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                env=env,
+                close_fds=True,
+            )
+            assert proc.stdin is not None and proc.stdout is not None
+
+            def feed() -> None:
+                try:
+                    while chunk := stream.read(1 << 20):
+                        proc.stdin.write(chunk)  # type: ignore[union-attr]
+                except BrokenPipeError:
+                    pass
+                except BaseException as exc:
+                    feed_error.append(exc)
+                finally:
+                    with contextlib.suppress(OSError):
+                        proc.stdin.close()  # type: ignore[union-attr]
+
+            feeder = threading.Thread(target=feed, name="windowsfilter-import-feed", daemon=True)
+            feeder.start()
+            output = proc.stdout.read()
+            proc.stdout.close()
+            proc.wait()
+            feeder.join()
+            errors.seek(0)
+            err_text = errors.read(8192).decode(errors="replace")
+        if feed_error:
+            raise feed_error[0]
+        try:
+            result = json.loads(output.decode().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise StateError(f"re-exec error: exit {proc.returncode}: {err_text}") from None
+        if "size" in result and proc.returncode == 0:
+            return int(result["size"])
+        name = str(result.get("error"))
+        message = str(result.get("message"))
+        if name == "OSError":
+            code = result.get("errno")
+            raise OSError(code or errno.EIO, message)
+        cls = _ERRORS.get(name, StateError)
+        raise cls(message if name in _ERRORS else f"re-exec error: {message}: {err_text}")
+
+    def _views(
+        self, id: str, parent: str | None
+    ) -> tuple[str, dict[str, ViewItem], dict[str, ViewItem], Path | None]:
+        """(resolved id, view of the layer, view of the parent, sandbox root held by a get)."""
+        rid = self._resolve(id)
+        meta = self._meta(rid)
+        old = self._parent_view(rid, meta, parent)
+        if meta.kind == _layout.KIND_SANDBOX:
+            root = self.get(rid)
+            try:
+                new = view_of_tree(root, old)
+            except BaseException:
+                self.put(rid)
+                raise
+            return rid, new, old, root
+        return rid, view_of_index(self._index_of(rid)), old, None
+
+    def changes(self, id: str, parent: str | None = None) -> list[Change]:
+        """Add, Modify and Delete, told apart (the seed reports every path as Modify)."""
+        rid, new, old, held = self._views(id, parent)
+        try:
+            return changes_between(new, old)
+        finally:
+            if held is not None:
+                self.put(rid)
+
+    def diff_size(self, id: str, parent: str | None = None) -> int:
+        """Bytes of the regular files added or modified (hard links counted once)."""
+        rid, new, old, held = self._views(id, parent)
+        try:
+            seen: set[tuple[int, int]] = set()
+            total = 0
+            for change in changes_between(new, old):
+                if change.kind is ChangeKind.DELETE:
+                    continue
+                st = os.lstat(new[change.path[1:]].source)
+                if stat.S_IFMT(st.st_mode) != stat.S_IFREG:
+                    continue
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+            return total
+        finally:
+            if held is not None:
+                self.put(rid)
+
+    def diff(self, id: str, parent: str | None = None) -> BinaryIO:
+        """The layer's Windows tar: the imported bytes replayed, else generated."""
+        rid = self._resolve(id)
+        meta = self._meta(rid)
+        layer = self._dir(rid)
+        own_parent = not parent or self._resolve(parent) == meta.parent
+        if meta.kind == _layout.KIND_IMAGE and meta.imported and own_parent:
+            getter = _Getter(layer, meta, None, None)
+
+            def replay(out: BinaryIO) -> None:
+                with gzip.open(layer / _layout.LAMINA_DIR / _layout.TAR_SPLIT, "rb") as f:
+                    assemble(read_records(f), getter, out)  # type: ignore[arg-type]
+
+            return io_buffered(PipeReader(replay, lambda: None))
+        rid, new, old, held = self._views(id, parent)
+        try:
+            found = changes_between(new, old)
+        except BaseException:
+            if held is not None:
+                self.put(rid)
+            raise
+        files_dir = held if held is not None else layer / "Files"
+
+        def produce(out: BinaryIO) -> None:
+            generate_diff(out, new, found, files_dir=files_dir, hives_dir=layer)
+
+        def release() -> None:
+            if held is not None:
+                self.put(rid)
+
+        return io_buffered(PipeReader(produce, release))
+
+    def diff_getter(self, id: str) -> FileGetter:
+        """Bodies by tar entry name, without mounting an image layer."""
+        rid = self._resolve(id)
+        meta = self._meta(rid)
+        layer = self._dir(rid)
+        if meta.kind == _layout.KIND_SANDBOX:
+            root = self.get(rid)
+            return _Getter(layer, meta, root, (self, rid))
+        return _Getter(layer, meta, None, None)
+
+
+def io_buffered(raw: PipeReader) -> BinaryIO:
+    """A buffered reader over a pipe reader (``diff`` results are context managers)."""
+    import io
+
+    return io.BufferedReader(raw, 1 << 20)

@@ -1,0 +1,67 @@
+"""Shared fixtures: privilege checks and real scratch filesystems.
+
+* ``needs_root`` skips the test (with a reason) when not running as root;
+* ``mount_fs(fstype, size_mb=...)`` mounts a fresh filesystem and returns its
+  mount point: ``tmpfs``/``ramfs`` directly, anything else (``ext4``,
+  ``xfs``, ...) as a loop-mounted image made with ``mkfs.<fstype>``.  It
+  needs root and skips otherwise; everything is unmounted at teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+MountFs = Callable[..., Path]
+
+
+@pytest.fixture
+def needs_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+
+
+def _run(cmd: Sequence[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()}")
+
+
+@pytest.fixture
+def mount_fs(tmp_path: Path) -> Iterator[MountFs]:
+    mounted: list[Path] = []
+
+    def mount(fstype: str, size_mb: int = 300, mkfs_args: Sequence[str] = ()) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip(f"mounting {fstype} needs root")
+        target = tmp_path / f"mnt-{fstype}-{len(mounted)}"
+        target.mkdir()
+        if fstype in ("tmpfs", "ramfs"):
+            opts = f"size={size_mb}m" if fstype == "tmpfs" else "mode=0755"
+            cmd = ["mount", "-t", fstype, "-o", opts, fstype, str(target)]
+        else:
+            mkfs = shutil.which(f"mkfs.{fstype}")
+            if mkfs is None:
+                pytest.skip(f"mkfs.{fstype} is not installed")
+            image = tmp_path / f"{fstype}-{len(mounted)}.img"
+            with open(image, "wb") as f:
+                f.truncate(size_mb << 20)
+            quiet = ["-q"] if fstype in ("ext4", "ext3", "ext2", "xfs") else []
+            _run([mkfs, *quiet, *mkfs_args, str(image)])
+            cmd = ["mount", "-o", "loop", str(image), str(target)]
+        try:
+            _run(cmd)
+        except RuntimeError as exc:
+            pytest.skip(f"cannot mount {fstype} here: {exc}")
+        mounted.append(target)
+        return target
+
+    yield mount
+    for target in reversed(mounted):
+        if subprocess.run(["umount", str(target)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(target)], capture_output=True)
