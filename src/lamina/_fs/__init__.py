@@ -1,6 +1,7 @@
 """Effects: the only code that makes writes atomic, takes locks, copies trees or mounts."""
 
 from lamina._fs._atomic import (
+    exchange_dirs,
     made_by_other_live_process,
     make_staging_dir,
     remove_tree,
@@ -18,6 +19,7 @@ __all__ = [
     "Mount",
     "Mounter",
     "copy_tree",
+    "exchange_dirs",
     "made_by_other_live_process",
     "make_staging_dir",
     "remove_tree",

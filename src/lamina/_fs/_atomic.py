@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "exchange_dirs",
     "made_by_other_live_process",
     "make_staging_dir",
     "remove_tree",
@@ -39,6 +40,7 @@ __all__ = [
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
 
 
 def _load_renameat2() -> Callable[..., int] | None:
@@ -78,6 +80,20 @@ def rename_noreplace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -
     if os.path.lexists(dst):
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(dst))
     os.rename(src, dst)
+
+
+def exchange_dirs(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> None:
+    """Atomically swap the names ``a`` and ``b`` (both must exist).
+
+    This is how a fully built replacement of a layer directory takes its
+    place: at every instant the name holds either the old tree or the new.
+    """
+    if _renameat2 is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available in this C library")
+    rc = _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), os.fspath(a), None, os.fspath(b))
 
 
 def staging_name(base: str) -> str:

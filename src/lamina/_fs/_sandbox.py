@@ -1,4 +1,4 @@
-"""Size-limited sandbox filesystems, and swapping two directories in one step.
+"""Size-limited sandbox filesystems (loop-mounted sparse ext4 images).
 
 A Windows sandbox (read-write) layer has a size, like the seed's
 ``sandbox.vhdx`` (127 GB by default, grown with ``ExpandSandboxSize``).
@@ -10,48 +10,23 @@ tables in the background, which would make the sparse file dense.
 
 This needs root and e2fsprogs' ``mkfs.ext4``; :func:`loop_supported` says
 whether this host has both.
-
-:func:`exchange_dirs` swaps two paths with ``renameat2(RENAME_EXCHANGE)``,
-so a freshly imported layer replaces the empty one that ``create`` made
-without a moment where neither is visible.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 __all__ = [
-    "exchange_dirs",
     "grow_image",
     "loop_supported",
     "make_image",
     "mount_image",
     "unmount_image",
 ]
-
-_AT_FDCWD = -100
-_RENAME_EXCHANGE = 2
-
-
-def _libc() -> Any:
-    return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-
-
-def exchange_dirs(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> None:
-    """Atomically swap the names ``a`` and ``b`` (both must exist)."""
-    fn = _libc().renameat2
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), os.fspath(a), None, os.fspath(b))
 
 
 def loop_supported() -> bool:

@@ -2,10 +2,12 @@
 
 Confinement.  Every entry name is split into plain components (``..`` that
 would climb above the root is refused) and its parent directory is reached
-by opening one component at a time from the root's descriptor with
-``O_NOFOLLOW | O_DIRECTORY``.  A symlink found on disk is therefore never
-followed — an entry that would write through one is refused with
-:class:`~lamina.errors.UnsafeArchiveError` — and every create, link, chown,
+beneath the root's descriptor without following any symlink: by one
+``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`` call where the kernel has
+it (Linux >= 5.6, the default), else by opening one component at a time with
+``O_NOFOLLOW | O_DIRECTORY`` (the fallback; the rule is the same).  An entry
+that would write through a symlink on disk is refused with
+:class:`~lamina.errors.UnsafeArchiveError`, and every create, link, chown,
 chmod and utime is relative to that parent descriptor.  Hardlink targets
 are resolved the same way.  Symlink targets are stored verbatim: they are
 data, and nothing here ever follows them.
@@ -15,7 +17,16 @@ Cost.  Parent descriptors are cached by path, so a regular file costs one
 ``fchown`` only when the owner differs from what creation gives, and
 ``fchmod`` only when the umask or special bits require it.  Directory times
 are set after all entries, as Docker does.  Cached descriptors inside a
-directory are closed before it is removed, so none points at a deleted one.
+directory are closed before it is removed, so none points at a deleted one,
+and the cache is trimmed only between entries, so none is closed while an
+entry still uses it.  Trees are removed iteratively with a bounded number
+of descriptors, whatever their depth.
+
+Input.  The stream is decompressed here (never by a tool from the layer)
+and read to its end, so a compressed stream's checksum is verified.  A
+compressed layer must contain the tar end-of-archive marker: zstd streams
+cut short end without an error, and the marker is what tells a complete
+layer from a truncated one.  Plain tars may omit it, as Go's reader allows.
 
 Semantics follow Docker's ``UnpackLayer`` and the OCI layer spec: an
 existing entry is replaced unless both are directories (then merged);
@@ -36,13 +47,13 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from lamina.archive._compression import decompress
+from lamina.archive import _openat2
+from lamina.archive._compression import Compression, open_decompressed
 from lamina.archive._idmap import IDMap
 from lamina.archive._paths import split_entry_name
 from lamina.archive._tarreader import (
@@ -77,6 +88,9 @@ _DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 20
 _MAX_CACHED_DIRS = 512
+#: Resolve uncached parents with openat2 (one call) instead of a per-component walk.
+#: Turned off for good, process-wide, the first time the kernel refuses the call.
+use_openat2 = _openat2.AVAILABLE
 _PRIVATE_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 
 
@@ -90,7 +104,8 @@ class ApplyOptions:
     ``devices``: None means create device nodes when privileged and skip them
     (documented) otherwise; True requires them (error when impossible); False
     refuses layers that contain any.
-    ``max_bytes`` caps the uncompressed stream size (bomb protection).
+    ``max_bytes`` caps the uncompressed stream size (bomb protection); None
+    means no cap: the caller (a driver, the store) sets one for untrusted input.
     """
 
     id_map: IDMap = field(default_factory=IDMap)
@@ -106,18 +121,29 @@ def apply_layer(
 ) -> int:
     """Extract a layer tar (plain, gzip or zstd) into ``dest``; returns Docker's layer size."""
     opts = options or ApplyOptions()
-    plain = decompress(stream, limit=opts.max_bytes)
-    applier = _Applier(os.fspath(dest), opts)
+    plain, compression = open_decompressed(stream, limit=opts.max_bytes)
     try:
-        return applier.run(TarReader(plain))
-    except LaminaError:
-        raise
-    except OSError as exc:
-        if exc.errno == errno.ENAMETOOLONG:
-            raise InvalidArchiveError(f"name too long: {exc}", errno=exc.errno) from exc
-        raise ArchiveError(f"applying layer failed: {exc}", errno=exc.errno) from exc
+        applier = _Applier(os.fspath(dest), opts)
+        try:
+            reader = TarReader(plain)
+            size = applier.run(reader)
+            if compression is not Compression.NONE and not reader.saw_end_marker:
+                raise InvalidArchiveError(
+                    "truncated layer: the compressed stream ended before the tar's end marker"
+                )
+            while plain.read(_CHUNK):
+                pass  # to the end: the decoder checks the stream's trailer and checksum
+            return size
+        except LaminaError:
+            raise
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                raise InvalidArchiveError(f"name too long: {exc}", errno=exc.errno) from exc
+            raise ArchiveError(f"applying layer failed: {exc}", errno=exc.errno) from exc
+        finally:
+            applier.close()
     finally:
-        applier.close()
+        plain.close()
 
 
 class _Applier:
@@ -146,6 +172,7 @@ class _Applier:
         self.root_setgid = bool(os.fstat(self.root_fd).st_mode & stat.S_ISGID)
         self.unpacked: set[str] = set()
         self.dir_times: dict[str, tuple[int, int]] = {}
+        self.removed_dirs = False  # a directory was deleted: dir_times may name stale paths
 
     def close(self) -> None:
         self._drop_cache()
@@ -167,7 +194,35 @@ class _Applier:
         hit = self.dirs.get(key)
         if hit is not None:
             return hit
-        # find the deepest cached ancestor, then walk down one component at a time
+        if use_openat2:
+            try:
+                fd = _openat2.open_dir_beneath(self.root_fd, key)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
+                    raise UnsafeArchiveError(
+                        f"{'/'.join(parts)}: a component of {key} is not a directory "
+                        "(symlinks on disk are never followed)"
+                    ) from exc
+                if exc.errno == errno.ENOENT and not create:
+                    raise FileNotFoundError(exc.errno, exc.strerror, key) from None
+                if exc.errno in (errno.ENOSYS, errno.EPERM):
+                    _disable_openat2()
+                elif exc.errno not in (errno.ENOENT, errno.EAGAIN, errno.ENAMETOOLONG):
+                    raise
+                # missing parents to create, a racing rename, a path over PATH_MAX: walk
+            else:
+                setgid = bool(os.fstat(fd).st_mode & stat.S_ISGID)
+                self.dirs[key] = (fd, setgid)
+                return fd, setgid
+        return self._walk(parts, depth, create)
+
+    def _walk(self, parts: list[str], depth: int, create: bool) -> tuple[int, bool]:
+        """Open ``parts[:depth]`` one component at a time with ``O_NOFOLLOW``.
+
+        Starts from the deepest cached ancestor.  Intermediate directories are
+        cached while the cache has room, else closed as soon as the next one is
+        open, so a 10,000-deep name never holds 10,000 descriptors.
+        """
         start = depth - 1
         fd, setgid = self.root_fd, self.root_setgid
         while start > 0:
@@ -176,28 +231,37 @@ class _Applier:
                 fd, setgid = anc
                 break
             start -= 1
-        for i in range(start, depth):
-            name = parts[i]
-            try:
-                nfd = os.open(name, _DIR_OPEN, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
+        uncached = -1  # the previous level's descriptor when it was not cached
+        try:
+            for i in range(start, depth):
+                name = parts[i]
+                try:
+                    nfd = os.open(name, _DIR_OPEN, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    self._mkdir_implied(fd, name, setgid)
+                    nfd = os.open(name, _DIR_OPEN, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        what = "/".join(parts[: i + 1])
+                        raise UnsafeArchiveError(
+                            f"{'/'.join(parts)}: path component {what} is not a directory "
+                            "(symlinks on disk are never followed)"
+                        ) from exc
                     raise
-                self._mkdir_implied(fd, name, setgid)
-                nfd = os.open(name, _DIR_OPEN, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    what = "/".join(parts[: i + 1])
-                    raise UnsafeArchiveError(
-                        f"{'/'.join(parts)}: path component {what} is not a directory "
-                        "(symlinks on disk are never followed)"
-                    ) from exc
-                raise
-            setgid = bool(os.fstat(nfd).st_mode & stat.S_ISGID)
-            if len(self.dirs) >= _MAX_CACHED_DIRS:
-                self._drop_cache()
-            self.dirs["/".join(parts[: i + 1])] = (nfd, setgid)
-            fd = nfd
+                if uncached >= 0:
+                    os.close(uncached)
+                    uncached = -1
+                setgid = bool(os.fstat(nfd).st_mode & stat.S_ISGID)
+                if i == depth - 1 or len(self.dirs) < _MAX_CACHED_DIRS:
+                    self.dirs["/".join(parts[: i + 1])] = (nfd, setgid)
+                else:
+                    uncached = nfd
+                fd = nfd
+        finally:
+            if uncached >= 0:
+                os.close(uncached)
         return fd, setgid
 
     def _mkdir_implied(self, parent_fd: int, name: str, parent_setgid: bool) -> None:
@@ -232,15 +296,9 @@ class _Applier:
         prefix = path + "/"
         for key in [k for k in self.dirs if k == path or k.startswith(prefix)]:
             os.close(self.dirs.pop(key)[0])
-        shutil.rmtree(name, dir_fd=parent_fd)
-        self._forget_dir_times(path)
-
-    def _forget_dir_times(self, path: str) -> None:
-        if not self.dir_times:
-            return
-        prefix = path + "/"
-        for key in [k for k in self.dir_times if k == path or k.startswith(prefix)]:
-            del self.dir_times[key]
+        self.dir_times.pop(path, None)
+        self.removed_dirs = True  # deeper paths in dir_times are dropped when reused
+        _rmtree_at(parent_fd, name)
 
     def _make_opaque(self, parent_parts: list[str]) -> None:
         """Empty a directory of what this layer did not unpack (OCI opaque marker)."""
@@ -264,6 +322,8 @@ class _Applier:
             if entry is None:
                 break
             size += entry.size
+            if len(self.dirs) >= _MAX_CACHED_DIRS:
+                self._drop_cache()  # only here, between entries: no descriptor is in use
             self._apply_entry(reader, entry)
         self._set_dir_times()
         return size
@@ -274,12 +334,18 @@ class _Applier:
             raise UnsafeArchiveError(f"entry name {entry.name!r} escapes the layer root")
         if not parts:
             return  # the root entry: skipped, the layer root keeps its own metadata
+        if parts[0].startswith(WHITEOUT_META_PREFIX) and (
+            len(parts) > 1 or parts[0] != OPAQUE_MARKER
+        ):
+            return  # AUFS metadata at the root (.wh..wh.plnk/..., .wh..wh.aufs): not content
         base = parts[-1]
         path = "/".join(parts)
 
         if base.startswith(WHITEOUT_PREFIX):
             self._whiteout(parts, base, path, entry)
             return
+        if self.removed_dirs and entry.type != TYPE_DIR:
+            self.dir_times.pop(path, None)  # a directory of this layer was here, then removed
 
         parent_fd, parent_setgid = self._parent(parts)
         kind = entry.type
@@ -303,8 +369,6 @@ class _Applier:
     def _whiteout(self, parts: list[str], base: str, path: str, entry: TarEntry) -> None:
         if entry.type not in (TYPE_REG, TYPE_LINK, TYPE_SYMLINK) and entry.size:
             raise InvalidArchiveError(f"{entry.name}: whiteout with content")
-        if len(parts) == 1 and base.startswith(WHITEOUT_META_PREFIX) and base != OPAQUE_MARKER:
-            return  # AUFS metadata at the root (.wh..wh.plnk and friends)
         parent_parts = parts[:-1]
         if base == OPAQUE_MARKER:
             if self.overlay:
@@ -325,7 +389,10 @@ class _Applier:
             self._remove(fd, target, target_path)
             os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=fd)
             if self.chown:
-                os.chown(target, entry.uid, entry.gid, dir_fd=fd, follow_symlinks=False)
+                uid, gid = self._owner(entry)
+                os.chown(target, uid, gid, dir_fd=fd, follow_symlinks=False)
+            if self.removed_dirs:
+                self.dir_times.pop(target_path, None)
             self.unpacked.add(target_path)
         else:
             self._remove(fd, target, target_path)
@@ -456,8 +523,6 @@ class _Applier:
         old = self.dirs.pop(path, None)
         if old is not None:
             os.close(old[0])
-        if len(self.dirs) >= _MAX_CACHED_DIRS:
-            self._drop_cache()
         self.dirs[path] = (fd, setgid)
         mtime = entry.mtime_ns
         self.dir_times[path] = (entry.atime_ns if entry.atime_ns is not None else mtime, mtime)
@@ -470,6 +535,10 @@ class _Applier:
             )
         if target_parts[0].startswith(WHITEOUT_META_PREFIX):
             raise InvalidArchiveError(f"{entry.name}: AUFS hardlink stashes are not supported")
+        target_path = "/".join(target_parts)
+        if target_path.startswith(path + "/"):
+            # replacing ``path`` deletes the target first (Docker fails the same way)
+            raise InvalidArchiveError(f"{entry.name}: hardlink target is inside the entry itself")
         try:
             target_fd, _ = self._parent(target_parts, create=False)
         except FileNotFoundError:
@@ -477,10 +546,9 @@ class _Applier:
                 f"{entry.name}: hardlink target {entry.linkname!r} does not exist"
             ) from None
         target = target_parts[-1]
-        if target_parts == path.split("/"):
+        if target_path == path:
             return  # a link to itself: nothing to do
 
-        # keep the target alive if the name we replace is the target itself
         def make() -> None:
             os.link(target, name, src_dir_fd=target_fd, dst_dir_fd=parent_fd, follow_symlinks=False)
 
@@ -526,9 +594,79 @@ class _Applier:
 
     def _set_dir_times(self) -> None:
         for path, (atime, mtime) in self.dir_times.items():
+            if len(self.dirs) >= _MAX_CACHED_DIRS:
+                self._drop_cache()
             parts = path.split("/")
             try:
                 fd, _ = self._parent(parts, create=False)
                 os.utime(parts[-1], ns=(atime, mtime), dir_fd=fd, follow_symlinks=False)
             except (FileNotFoundError, UnsafeArchiveError):
                 continue  # removed or replaced later in the stream
+
+
+def _disable_openat2() -> None:
+    global use_openat2
+    use_openat2 = False
+
+
+def _rmtree_at(parent_fd: int, name: str) -> None:
+    """Delete directory ``name`` of ``parent_fd`` and all it holds, never following a symlink.
+
+    Iterative, with at most three descriptors open at any depth: every
+    subdirectory met is first moved up into the top directory under a fresh
+    name, which turns depth into breadth.  (``shutil.rmtree`` recurses, and a
+    layer's 10,000-deep tree overflows the interpreter's stack.)  Unprivileged,
+    directories are made writable first, as their owner may.
+    """
+    unprivileged = os.geteuid() != 0
+    top = _open_for_removal(parent_fd, name, unprivileged)
+    try:
+        taken = set(os.listdir(top))
+        pending = list(taken)
+        serial = 0
+        while pending:
+            child = pending.pop()
+            try:
+                os.unlink(child, dir_fd=top)
+                continue
+            except IsADirectoryError:
+                pass
+            sub = _open_for_removal(top, child, unprivileged)
+            try:
+                for entry in os.listdir(sub):
+                    try:
+                        os.unlink(entry, dir_fd=sub)
+                    except IsADirectoryError:
+                        serial += 1
+                        while f".rm{serial}" in taken:
+                            serial += 1
+                        fresh = f".rm{serial}"
+                        taken.add(fresh)
+                        try:
+                            os.rename(entry, fresh, src_dir_fd=sub, dst_dir_fd=top)
+                        except PermissionError:
+                            if not unprivileged:
+                                raise
+                            # moving a directory rewrites its "..": it must be writable
+                            os.chmod(entry, 0o700, dir_fd=sub)
+                            os.rename(entry, fresh, src_dir_fd=sub, dst_dir_fd=top)
+                        pending.append(fresh)
+            finally:
+                os.close(sub)
+            os.rmdir(child, dir_fd=top)
+    finally:
+        os.close(top)
+    os.rmdir(name, dir_fd=parent_fd)
+
+
+def _open_for_removal(parent_fd: int, name: str, unprivileged: bool) -> int:
+    try:
+        fd = os.open(name, _DIR_OPEN, dir_fd=parent_fd)
+    except PermissionError:
+        if not unprivileged:
+            raise
+        os.chmod(name, 0o700, dir_fd=parent_fd)  # known to be a directory, not a link
+        fd = os.open(name, _DIR_OPEN, dir_fd=parent_fd)
+    if unprivileged:
+        os.fchmod(fd, 0o700)
+    return fd

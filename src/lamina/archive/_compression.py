@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import enum
 import io
-from typing import Any, BinaryIO, cast
+from typing import BinaryIO, cast
 
-from lamina.errors import ArchiveTooLargeError, InvalidArchiveError
+from lamina.errors import ArchiveTooLargeError, InvalidArchiveError, LaminaError
 
-__all__ = ["Compression", "decompress", "detect_compression"]
+__all__ = ["Compression", "decompress", "detect_compression", "open_decompressed"]
 
 _GZIP = b"\x1f\x8b\x08"
 _ZSTD = b"\x28\xb5\x2f\xfd"
 _BZIP2 = b"BZh"
 _XZ = b"\xfd7zXZ\x00"
+_BUFFER = 1 << 20
 
 
 class Compression(enum.Enum):
@@ -46,13 +47,41 @@ def detect_compression(head: bytes) -> Compression:
     return Compression.NONE
 
 
-class _Limited(io.RawIOBase):
-    """Counts decompressed bytes and stops a bomb with a typed error."""
+class _Borrowed(io.RawIOBase):
+    """The caller's stream as a raw stream that closing (or garbage collection) never closes."""
 
-    def __init__(self, inner: BinaryIO, limit: int) -> None:
+    def __init__(self, stream: BinaryIO) -> None:
+        super().__init__()
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        readinto = getattr(self._stream, "readinto", None)
+        if readinto is not None:
+            return int(readinto(buffer) or 0)
+        data = self._stream.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        return n
+
+
+class _Guarded(io.RawIOBase):
+    """Decoded bytes: typed errors for corrupt input, a size limit, an owned decoder.
+
+    Decoders report corruption with their own exceptions (``EOFError``,
+    ``zstandard.ZstdError``, ``BadGzipFile`` ...); they become
+    :class:`InvalidArchiveError` here, while an ``OSError`` with an errno is
+    a real I/O error of the source and passes through.  Closing this closes
+    the decoder (stopping its thread), never the caller's stream.
+    """
+
+    def __init__(self, inner: BinaryIO, limit: int | None, *, owned: bool) -> None:
         super().__init__()
         self._inner = inner
         self._limit = limit
+        self._owned = owned
         self._seen = 0
 
     def readable(self) -> bool:
@@ -60,44 +89,47 @@ class _Limited(io.RawIOBase):
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         try:
-            data = self._inner.read(len(buffer))
-        except (OSError, EOFError, ValueError) as exc:
+            n = self._inner.readinto(buffer)  # type: ignore[attr-defined]
+        except LaminaError:
+            raise
+        except Exception as exc:
             if isinstance(exc, OSError) and exc.errno is not None:
                 raise
             raise InvalidArchiveError(f"corrupt compressed stream: {exc}") from exc
-        n = len(data)
-        self._seen += n
-        if self._seen > self._limit:
-            raise ArchiveTooLargeError(
-                f"decompressed layer exceeds the limit of {self._limit} bytes"
-            )
-        buffer[:n] = data
+        n = int(n or 0)
+        if self._limit is not None:
+            self._seen += n
+            if self._seen > self._limit:
+                raise ArchiveTooLargeError(
+                    f"decompressed layer exceeds the limit of {self._limit} bytes"
+                )
         return n
 
     def close(self) -> None:
-        self._inner.close()
-        super().close()
+        if not self.closed:
+            try:
+                if self._owned:
+                    self._inner.close()
+            finally:
+                super().close()
 
 
-def decompress(stream: BinaryIO, *, limit: int | None = None) -> BinaryIO:
-    """A readable stream of the uncompressed bytes of ``stream``.
-
-    ``limit`` caps the decompressed size (a bomb raises ArchiveTooLargeError).
-    An empty stream is an empty (uncompressed) layer, as in Docker.
-    """
-    buffered: BinaryIO = (
-        stream
-        if hasattr(stream, "peek")
-        else cast(BinaryIO, io.BufferedReader(cast(Any, stream), 1 << 20))
-    )
+def open_decompressed(
+    stream: BinaryIO, *, limit: int | None = None
+) -> tuple[BinaryIO, Compression]:
+    """:func:`decompress`, also saying which compression the stream used."""
+    buffered = cast(BinaryIO, io.BufferedReader(_Borrowed(stream), _BUFFER))
     head = cast(io.BufferedReader, buffered).peek(10)[:10]
     kind = detect_compression(head)
     inner: BinaryIO
     if kind is Compression.NONE:
+        if limit is None:
+            return buffered, kind
         inner = buffered
     elif kind is Compression.GZIP:
         from isal import igzip_threaded
 
+        # one worker thread: inflate runs beside the apply, outside the GIL
         inner = cast(BinaryIO, igzip_threaded.open(buffered, "rb", threads=1))  # type: ignore[no-untyped-call]
     elif kind is Compression.ZSTD:
         import zstandard
@@ -105,11 +137,22 @@ def decompress(stream: BinaryIO, *, limit: int | None = None) -> BinaryIO:
         inner = cast(
             BinaryIO,
             zstandard.ZstdDecompressor().stream_reader(
-                buffered, read_size=1 << 20, read_across_frames=True
+                buffered, read_size=_BUFFER, read_across_frames=True, closefd=False
             ),
         )
     else:
         raise InvalidArchiveError(f"{kind.value} layers are not supported (gzip and zstd are)")
-    if limit is None:
-        return inner
-    return cast(BinaryIO, io.BufferedReader(_Limited(inner, limit), 1 << 20))
+    guarded = _Guarded(inner, limit, owned=kind is not Compression.NONE)
+    return cast(BinaryIO, io.BufferedReader(guarded, _BUFFER)), kind
+
+
+def decompress(stream: BinaryIO, *, limit: int | None = None) -> BinaryIO:
+    """A readable stream of the uncompressed bytes of ``stream``.
+
+    ``limit`` caps the decompressed size (a bomb raises ArchiveTooLargeError);
+    corrupt compressed data raises InvalidArchiveError.  An empty stream is an
+    empty (uncompressed) layer, as in Docker.  Close the result when done: that
+    stops the decoder (gzip inflates in a worker thread); it never closes
+    ``stream``, which stays the caller's.
+    """
+    return open_decompressed(stream, limit=limit)[0]

@@ -366,7 +366,11 @@ class _Members:
                 _log.debug("export: skipping %s: %s", rel, exc)
                 return ()
             try:
-                xattrs, _ = _read_xattrs(fd)
+                try:
+                    has_xattrs = bool(os.listxattr(fd))
+                except OSError:
+                    has_xattrs = False
+                xattrs = _read_xattrs(fd)[0] if has_xattrs else []
                 size = st.st_size
                 header = tw.encode_header(
                     arcname,

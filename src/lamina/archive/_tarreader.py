@@ -9,7 +9,15 @@ third of the apply cost on small files.
 
 Every malformed input raises :class:`~lamina.errors.InvalidArchiveError`:
 bad checksums, truncation in a header or a body, oversized extension
-records, negative sizes, and formats we refuse (GNU sparse files).
+records, negative sizes, owners outside the 32-bit id space, NUL bytes in
+PAX names or xattr names, and formats we refuse (GNU sparse files).  Times
+beyond what the kernel interfaces take (about ±292 years around 1970) are
+clamped to the epoch, as Docker's ``Chtimes`` does, rather than refused.
+
+Extension data is bounded per entry (PAX records and GNU long names
+together, :data:`MAX_EXTENSION_BYTES`) and global PAX records are bounded in
+number (:data:`MAX_GLOBAL_RECORDS`): they are merged into every later entry,
+so an unbounded set would cost work per entry without costing input bytes.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from lamina.errors import InvalidArchiveError
 __all__ = [
     "BLOCK",
     "MAX_EXTENSION_BYTES",
+    "MAX_GLOBAL_RECORDS",
     "TYPE_BLK",
     "TYPE_CHR",
     "TYPE_DIR",
@@ -34,8 +43,15 @@ __all__ = [
 ]
 
 BLOCK = 512
-#: Largest PAX record set or GNU long name we accept (Go's archive/tar uses 1 MiB).
+#: Most extension bytes (PAX records and GNU long names) one entry may carry
+#: (Go's archive/tar allows 1 MiB per extension header).
 MAX_EXTENSION_BYTES = 1 << 20
+#: Most global PAX records a stream may set; they apply to every later entry.
+MAX_GLOBAL_RECORDS = 64
+#: Largest valid uid/gid: (uid_t)-1 means "leave unchanged" to chown(2).
+_MAX_ID = (1 << 32) - 2
+#: Times outside this many seconds from the epoch do not fit a 64-bit nanosecond count.
+_MAX_SECONDS = (1 << 63) // 1_000_000_000 - 1
 
 TYPE_REG = "0"
 TYPE_LINK = "1"
@@ -130,6 +146,13 @@ def _parse_pax(data: bytes) -> dict[str, bytes]:
     return records
 
 
+def _time_ns(seconds: int, frac_ns: int = 0) -> int:
+    """Nanoseconds since the epoch; out-of-range times become the epoch (as Docker's)."""
+    if -_MAX_SECONDS <= seconds <= _MAX_SECONDS:
+        return seconds * 1_000_000_000 + frac_ns
+    return 0
+
+
 def _pax_time_ns(raw: bytes) -> int:
     text = raw.decode("ascii", "replace").strip()
     try:
@@ -137,10 +160,16 @@ def _pax_time_ns(raw: bytes) -> int:
             whole, frac = text.split(".", 1)
             sign = -1 if whole.startswith("-") else 1
             frac_ns = int((frac + "000000000")[:9]) if frac else 0
-            return int(whole) * 1_000_000_000 + sign * frac_ns
-        return int(text) * 1_000_000_000
+            return _time_ns(int(whole), sign * frac_ns)
+        return _time_ns(int(text))
     except ValueError:
         raise InvalidArchiveError(f"bad PAX time {text!r}") from None
+
+
+def _pax_name(raw: bytes, key: str) -> str:
+    if b"\x00" in raw:
+        raise InvalidArchiveError(f"PAX {key} contains a NUL byte")
+    return _decode(raw)
 
 
 def _pax_int(raw: bytes, key: str) -> int:
@@ -167,6 +196,8 @@ class TarReader:
         self._padding = 0  # padding after the current body
         self._global_pax: dict[str, bytes] = {}
         self.offset = 0  # bytes consumed from the stream
+        #: True once the end-of-archive block was read (not merely the end of the stream)
+        self.saw_end_marker = False
 
     # -- raw reading ---------------------------------------------------
 
@@ -240,6 +271,7 @@ class TarReader:
         long_name: bytes | None = None
         long_link: bytes | None = None
         pax: dict[str, bytes] = {}
+        extension_bytes = 0
         while True:
             block = self._read_header_block()
             if block is None:
@@ -249,6 +281,7 @@ class TarReader:
             if block == _ZERO_BLOCK:
                 if long_name is not None or long_link is not None or pax:
                     raise InvalidArchiveError("truncated tar: extension header without its entry")
+                self.saw_end_marker = True
                 return None  # end-of-archive marker; trailing blocks are ignored
             stored = _number(block[148:156], "checksum")
             if not _checksum_ok(block, stored):
@@ -259,11 +292,19 @@ class TarReader:
             size = _number(block[124:136], "size")
             if size < 0:
                 raise InvalidArchiveError("negative size in tar header")
+            if typeflag in "xgLK":
+                extension_bytes += size
+                if extension_bytes > MAX_EXTENSION_BYTES:
+                    raise InvalidArchiveError(
+                        f"extension headers of one entry: {extension_bytes} bytes exceeds the limit"
+                    )
             if typeflag == "x":
                 pax.update(_parse_pax(self._read_extension(size, "PAX header")))
                 continue
             if typeflag == "g":
                 self._global_pax.update(_parse_pax(self._read_extension(size, "PAX global header")))
+                if len(self._global_pax) > MAX_GLOBAL_RECORDS:
+                    raise InvalidArchiveError(f"more than {MAX_GLOBAL_RECORDS} global PAX records")
                 continue
             if typeflag == "L":
                 long_name = _cstr(self._read_extension(size, "GNU long name"))
@@ -304,13 +345,19 @@ class TarReader:
             uid=_number(block[108:116], "uid"),
             gid=_number(block[116:124], "gid"),
             size=size,
-            mtime_ns=_number(block[136:148], "mtime") * 1_000_000_000,
+            mtime_ns=_time_ns(_number(block[136:148], "mtime")),
             linkname=_decode(raw_link),
             devmajor=_number(block[329:337], "devmajor") if typeflag in "34" else 0,
             devminor=_number(block[337:345], "devminor") if typeflag in "34" else 0,
         )
         if pax:
             self._apply_pax(entry, pax)
+        if not (0 <= entry.uid <= _MAX_ID and 0 <= entry.gid <= _MAX_ID):
+            raise InvalidArchiveError(f"{entry.name}: owner {entry.uid}:{entry.gid} out of range")
+        if typeflag in "34" and not (
+            0 <= entry.devmajor <= _MAX_ID and 0 <= entry.devminor <= _MAX_ID
+        ):
+            raise InvalidArchiveError(f"{entry.name}: device number out of range")
         if entry.type in _HEADER_ONLY:
             entry.size = 0  # like Go's reader: these types never carry a body
         self._pending = entry.size
@@ -322,9 +369,9 @@ class TarReader:
         entry.pax = pax
         for key, value in pax.items():
             if key == "path":
-                entry.name = _decode(value)
+                entry.name = _pax_name(value, key)
             elif key == "linkpath":
-                entry.linkname = _decode(value)
+                entry.linkname = _pax_name(value, key)
             elif key == "size":
                 entry.size = _pax_int(value, key)
             elif key == "uid":
@@ -336,4 +383,6 @@ class TarReader:
             elif key == "atime":
                 entry.atime_ns = _pax_time_ns(value)
             elif key.startswith("SCHILY.xattr."):
+                if "\x00" in key:
+                    raise InvalidArchiveError(f"xattr name {key!r} contains a NUL byte")
                 entry.xattrs[key[len("SCHILY.xattr.") :]] = value

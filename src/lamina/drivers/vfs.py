@@ -14,11 +14,25 @@ On-disk layout under ``home`` (``<root>/vfs``, created 0o700):
   visible only through one rename into ``dir/``, so a crash never leaves a
   half-copied layer under its name;
 * ``removing/<id>.<pid>.<random>/`` — a layer renamed out of ``dir/`` and
-  being deleted, so a crash never leaves a half-deleted layer visible.
+  being deleted, so a crash never leaves a half-deleted layer visible;
+* ``state/<id>.pristine`` — the layer still equals its parent (it was never
+  handed out by ``get`` nor applied to); holds the parent id;
+* ``state/<id>.applying`` — an ``apply_diff`` into the layer is under way.
 
-``cleanup`` sweeps both leftover directories (staging entries only when the
-process that made them is gone).  Durability against power loss is left to
-the store's commit point; see :mod:`lamina._fs._atomic`.
+Atomic ``apply_diff``.  The usual sequence (create, then apply) hits a
+pristine layer: the tar is applied in place, and if it fails the layer is
+rebuilt from its parent, which is exactly what it held before — no extra
+copy on success.  A layer that may hold other changes is copied to
+``staging/`` (a reflink where possible), applied there and swapped in with
+``renameat2(RENAME_EXCHANGE)``.  Either way a failed apply leaves the layer
+as it was, and a ``kill -9`` mid-apply leaves an ``applying`` record that
+``cleanup`` rolls back (or, if the parent is gone, the layer is removed);
+``get`` refuses such a layer until then.
+
+``cleanup`` sweeps the leftover directories (staging entries only when the
+process that made them is gone) and rolls back interrupted applies.
+Durability against power loss is left to the store's commit point; see
+:mod:`lamina._fs._atomic`.
 
 All diff operations are the naive ones (compare merged views).  There is no
 quota mechanism, so a ``size`` option raises
@@ -27,7 +41,10 @@ quota mechanism, so a ``size`` option raises
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
+import json
 import os
 import threading
 from collections.abc import Mapping
@@ -38,16 +55,19 @@ from lamina import archive
 from lamina._fs import (
     Mount,
     copy_tree,
+    exchange_dirs,
     made_by_other_live_process,
     make_staging_dir,
     remove_tree,
     rename_noreplace,
     retire_dir,
+    write_file_atomic,
 )
 from lamina._units import ram_in_bytes
 from lamina.drivers._base import Driver, StorageOpts, validate_id
 from lamina.errors import (
     AlreadyExistsError,
+    InUseError,
     InvalidArgumentError,
     NotFoundError,
     QuotaNotSupportedError,
@@ -110,6 +130,7 @@ class VfsDriver(Driver):
         self._layers = self.home / "dir"
         self._staging = self.home / "staging"
         self._removing = self.home / "removing"
+        self._state = self.home / "state"
         self._lock = threading.Lock()
         self._in_flight: set[str] = set()
         self._last_copy_method = ""
@@ -171,6 +192,8 @@ class VfsDriver(Driver):
                 stats = copy_tree(parent_dir, staging, best_effort_xattrs=self.best_effort_xattrs)
                 if stats.method != "none":
                     self._last_copy_method = stats.method
+            if parent:
+                self._mark(id, "pristine", parent)
             try:
                 rename_noreplace(staging, target)
             except FileExistsError:
@@ -181,14 +204,41 @@ class VfsDriver(Driver):
                 raise
         except BaseException:
             remove_tree(staging)
+            if not os.path.isdir(target):
+                self._unmark(id, "pristine")
             raise
         finally:
             with self._lock:
                 self._in_flight.discard(staging.name)
 
+    # -- state records ---------------------------------------------------------
+
+    def _record(self, id: str, what: str) -> Path:
+        # ids may be 255 bytes long: name records by a digest, keep the id inside
+        return self._state / f"{hashlib.sha256(id.encode()).hexdigest()[:32]}.{what}"
+
+    def _mark(self, id: str, what: str, parent: str) -> None:
+        os.makedirs(self._state, mode=0o700, exist_ok=True)
+        text = json.dumps({"id": id, "parent": parent})
+        write_file_atomic(self._record(id, what), text.encode(), 0o600, durable=False)
+
+    def _unmark(self, id: str, what: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._record(id, what))
+
+    def _marked(self, id: str, what: str) -> str | None:
+        """The parent recorded with the record, or None when there is no record."""
+        try:
+            data = json.loads(self._record(id, what).read_bytes())
+        except FileNotFoundError:
+            return None
+        return str(data["parent"])
+
     def remove(self, id: str) -> None:
         """Rename the layer out of sight, then delete it; a missing layer is fine."""
         retired = retire_dir(self._dir(id), self._removing, id)
+        self._unmark(id, "pristine")
+        self._unmark(id, "applying")
         if retired is not None:
             remove_tree(retired)
 
@@ -235,7 +285,30 @@ class VfsDriver(Driver):
                 if name in in_flight or made_by_other_live_process(name):
                     continue  # being built or deleted right now
                 remove_tree(area / name)
+        self._recover_applies()
         super().cleanup()
+
+    def _recover_applies(self) -> None:
+        """Roll back applies that a crash interrupted, and drop stale records."""
+        try:
+            names = os.listdir(self._state)
+        except FileNotFoundError:
+            return
+        for name in names:
+            what = name.rpartition(".")[2]
+            try:
+                id = str(json.loads((self._state / name).read_bytes())["id"])
+            except (OSError, ValueError, KeyError):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._state / name)  # torn or foreign record
+                continue
+            if not os.path.isdir(self._layers / id):
+                self._unmark(id, what)  # the layer is gone: the record is stale
+            elif what == "applying":
+                with self._lock:
+                    if id in self._in_flight:
+                        continue
+                self._restore(id, self._marked(id, "applying") or "")
 
     # -- views ------------------------------------------------------------------
 
@@ -243,13 +316,86 @@ class VfsDriver(Driver):
         path = self._dir(id)
         if not path.is_dir():
             raise StateError(f"{path}: not a directory")
+        with self._lock:
+            applying = id in self._in_flight
+        if applying or self._marked(id, "applying") is not None:
+            raise StateError(
+                f"layer {id} is being applied to, or an apply was interrupted (run cleanup)"
+            )
+        self._unmark(id, "pristine")  # the caller may write into the view from now on
         return Mount(type="direct", source=str(path), target=path)
 
     # -- diffs --------------------------------------------------------------------
 
     def apply_diff(self, id: str, parent: str | None, diff: BinaryIO) -> int:
-        """Extract a layer tar into ``id`` with vfs's xattr policy; returns the layer size."""
+        """Extract a layer tar into ``id``, all or nothing; returns the layer size."""
         del parent  # the layer already starts as a copy of its parent
+        target = self._dir(id)
+        if not target.is_dir():
+            raise NotFoundError(f"layer {id} does not exist")
+        if self._mounter.count(id):
+            raise InUseError(f"layer {id} is in use (get without put); cannot apply to it")
         options = archive.ApplyOptions(best_effort_xattrs=self.best_effort_xattrs)
-        with self.mounted(id) as root:
-            return archive.apply_layer(diff, root, options)
+        pristine_parent = self._marked(id, "pristine")
+        with self._lock:
+            if id in self._in_flight:
+                raise InUseError(f"layer {id} is already being applied to")
+            self._in_flight.add(id)
+        try:
+            if pristine_parent is not None or not any(os.scandir(target)):
+                return self._apply_in_place(id, target, pristine_parent or "", diff, options)
+            return self._apply_to_copy(id, target, diff, options)
+        finally:
+            with self._lock:
+                self._in_flight.discard(id)
+
+    def _apply_in_place(
+        self, id: str, target: Path, parent: str, diff: BinaryIO, options: archive.ApplyOptions
+    ) -> int:
+        """Apply into a layer that equals its parent; on failure rebuild it from the parent."""
+        self._mark(id, "applying", parent)
+        try:
+            size = archive.apply_layer(diff, target, options)
+        except BaseException:
+            self._restore(id, parent)
+            raise
+        self._unmark(id, "pristine")
+        self._unmark(id, "applying")
+        return size
+
+    def _apply_to_copy(
+        self, id: str, target: Path, diff: BinaryIO, options: archive.ApplyOptions
+    ) -> int:
+        """Apply into a copy of the layer and swap it in when complete."""
+        staging = make_staging_dir(self._staging, id)
+        try:
+            copy_tree(target, staging, best_effort_xattrs=self.best_effort_xattrs)
+            size = archive.apply_layer(diff, staging, options)
+            exchange_dirs(staging, target)
+        except BaseException:
+            remove_tree(staging)
+            raise
+        remove_tree(staging)  # now holds the old tree
+        return size
+
+    def _restore(self, id: str, parent: str) -> None:
+        """Put back what the layer held before an interrupted apply: its parent's tree."""
+        target = self._dir(id)
+        parent_dir = self._layers / parent if parent else None
+        if parent_dir is not None and not parent_dir.is_dir():
+            self.remove(id)  # cannot rebuild it: better gone than half-applied
+            return
+        staging = make_staging_dir(self._staging, id)
+        try:
+            if parent_dir is None:
+                os.chmod(staging, 0o755)
+            else:
+                copy_tree(parent_dir, staging, best_effort_xattrs=self.best_effort_xattrs)
+            exchange_dirs(staging, target)
+        except BaseException:
+            remove_tree(staging)
+            raise
+        remove_tree(staging)
+        if parent:
+            self._mark(id, "pristine", parent)
+        self._unmark(id, "applying")

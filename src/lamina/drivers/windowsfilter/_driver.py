@@ -58,6 +58,7 @@ from lamina._fs import (
     Mount,
     Mounter,
     _sandbox,
+    exchange_dirs,
     made_by_other_live_process,
     make_staging_dir,
     remove_tree,
@@ -569,7 +570,7 @@ class WindowsFilterDriver(Driver):
             if layer.exists():
                 if self._mounter.count(id):
                     raise InUseError(f"layer {id} is in use")
-                _sandbox.exchange_dirs(staging, layer)
+                exchange_dirs(staging, layer)
                 self._destroy(staging)
             else:
                 try:

@@ -1,0 +1,200 @@
+"""What every command shares: the global state, option parsing and the error-to-exit-code map.
+
+Exit codes are a CLI concern (the library raises typed exceptions and never
+exits), so the one table that turns an exception class into a process status
+lives here, and only here.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, BinaryIO, NoReturn
+
+import click
+
+from lamina import drivers, errors
+
+__all__ = [
+    "EXIT_ALREADY_EXISTS",
+    "EXIT_BAD_ARCHIVE",
+    "EXIT_CODES_HELP",
+    "EXIT_ERROR",
+    "EXIT_IN_USE",
+    "EXIT_NOT_FOUND",
+    "EXIT_NOT_SUPPORTED",
+    "EXIT_USAGE",
+    "CommandError",
+    "State",
+    "debug_enabled",
+    "default_root",
+    "describe_error",
+    "echo_path",
+    "exit_code_for",
+    "exit_with_error",
+    "fail",
+    "key_value_pairs",
+    "pass_state",
+    "refuse_terminal",
+    "stdin_binary",
+    "stdout_binary",
+]
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_NOT_SUPPORTED = 4
+EXIT_BAD_ARCHIVE = 5
+EXIT_ALREADY_EXISTS = 6
+EXIT_IN_USE = 7
+
+# Most specific first: the first class that matches decides the status.
+_EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (errors.InvalidArgumentError, EXIT_USAGE),
+    (errors.NotFoundError, EXIT_NOT_FOUND),
+    (errors.NotSupportedError, EXIT_NOT_SUPPORTED),
+    (errors.ArchiveError, EXIT_BAD_ARCHIVE),
+    (errors.AlreadyExistsError, EXIT_ALREADY_EXISTS),
+    (errors.InUseError, EXIT_IN_USE),
+    (FileNotFoundError, EXIT_NOT_FOUND),
+)
+
+# Shown in ``lamina --help``; "\b" stops click from re-flowing the table.
+EXIT_CODES_HELP = f"""\b
+Exit status:
+  0  success (for `exists`: the layer exists)
+  {EXIT_ERROR}  other error (for `exists`: the layer does not exist)
+  {EXIT_USAGE}  usage error: bad option, argument or layer id
+  {EXIT_NOT_FOUND}  not found: no such layer or file
+  {EXIT_NOT_SUPPORTED}  not supported here: driver, kernel feature or storage option
+  {EXIT_BAD_ARCHIVE}  invalid or unsafe layer archive
+  {EXIT_ALREADY_EXISTS}  the layer already exists
+  {EXIT_IN_USE}  the layer is in use (mounted, has children, or unmounted too often)
+"""
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The process status for an exception raised by the library or the OS."""
+    for cls, code in _EXIT_CODES:
+        if isinstance(exc, cls):
+            return code
+    return EXIT_ERROR
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for stderr: the message, without Python's ``[Errno N]`` decoration."""
+    if isinstance(exc, OSError) and not isinstance(exc, errors.LaminaError) and exc.strerror:
+        text = exc.strerror
+        if exc.filename is not None:
+            text += f": {os.fsdecode(exc.filename)}"
+        if exc.filename2 is not None:
+            text += f" -> {os.fsdecode(exc.filename2)}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def debug_enabled() -> bool:
+    """``LAMINA_DEBUG=1`` lets exceptions through with their traceback."""
+    return os.environ.get("LAMINA_DEBUG", "") not in ("", "0")
+
+
+class CommandError(Exception):
+    """A failure found by the command line itself, with the exit status it deserves."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def exit_with_error(message: str, exit_code: int) -> NoReturn:
+    """Print ``lamina: error: <message>`` on stderr and end the command with ``exit_code``."""
+    click.echo(f"lamina: error: {message}", err=True)
+    raise click.exceptions.Exit(exit_code)
+
+
+def default_root() -> Path:
+    """``$LAMINA_ROOT``, else the system store as root, else the user's data directory."""
+    env = os.environ.get("LAMINA_ROOT")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/lamina")
+    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(data) / "lamina"
+
+
+@dataclass
+class State:
+    """The global options; the driver is started on first use only.
+
+    Starting lazily keeps ``--help`` and ``drivers`` free of side effects
+    (starting a driver creates its home directory).
+    """
+
+    root: Path
+    driver_name: str | None
+    options: dict[str, str] = field(default_factory=dict)
+    root_given: bool = False
+    _driver: drivers.Driver | None = None
+
+    @property
+    def driver(self) -> drivers.Driver:
+        if self._driver is None:
+            self._driver = drivers.new_driver(self.driver_name, self.root, self.options)
+        return self._driver
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+def key_value_pairs(
+    ctx: click.Context, param: click.Parameter, values: Sequence[str]
+) -> dict[str, str]:
+    """Click callback turning repeated ``key=value`` options into a dict."""
+    del ctx
+    result: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not of the form key=value", param=param)
+        if key in result:
+            raise click.BadParameter(f"{key!r} given more than once", param=param)
+        result[key] = value
+    return result
+
+
+def echo_path(path: str | os.PathLike[str]) -> None:
+    """Print a path byte for byte, so names that are not UTF-8 survive (surrogateescape)."""
+    click.echo(os.fsencode(path))
+
+
+def refuse_terminal(stream: IO[Any], message: str) -> None:
+    """Refuse to exchange tar bytes with a terminal, like ``docker export``."""
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    if tty:
+        raise CommandError(message, EXIT_USAGE)
+
+
+def fail(exc: BaseException) -> NoReturn:
+    """Report a library or OS exception as one line (or re-raise it under LAMINA_DEBUG)."""
+    if debug_enabled():
+        raise exc
+    exit_with_error(describe_error(exc), exit_code_for(exc))
+
+
+def stdout_binary() -> BinaryIO:
+    """The binary standard output (also under click's test runner)."""
+    return sys.stdout.buffer
+
+
+def stdin_binary() -> BinaryIO:
+    """The binary standard input (also under click's test runner)."""
+    return sys.stdin.buffer

@@ -1,0 +1,55 @@
+"""mount and unmount: ``get`` and ``put`` of the driver, one per command.
+
+The reference count of a view lives in the driver's mounter.  A command is a
+process of its own, so ``lamina mount`` leaves the view in place when it
+exits and ``lamina unmount`` releases it later; that only balances if the
+driver keeps its counts where another process can see them (the overlay
+driver does, in its runtime directory).  Hence the rule in the help texts:
+every ``lamina mount`` needs exactly one ``lamina unmount``.
+"""
+
+from __future__ import annotations
+
+import click
+
+from lamina.cli._common import State, echo_path, pass_state
+
+__all__ = ["mount", "unmount"]
+
+
+@click.command()
+@click.argument("id")
+@click.option("--label", "mount_label", default="", metavar="LABEL", help="SELinux mount label.")
+@pass_state
+def mount(state: State, id: str, mount_label: str) -> None:
+    """Make layer ID's merged view available and print its path.
+
+    The view stays after the command exits. Each `lamina mount` counts one
+    user and must be paired with one `lamina unmount`; the view goes away
+    when the last user unmounts. Writes to a read-write layer's view are
+    the container's changes.
+
+    \b
+    Example:
+      dir=$(lamina mount ctr)
+      echo hi > "$dir/hello"
+      lamina unmount ctr
+    """
+    echo_path(state.driver.get(id, mount_label))
+
+
+@click.command()
+@click.argument("id")
+@pass_state
+def unmount(state: State, id: str) -> None:
+    """Release one `lamina mount` of layer ID.
+
+    The view goes away at the last one.
+
+    Unmounting more often than mounting is an error (exit status 7).
+
+    \b
+    Example:
+      lamina unmount ctr
+    """
+    state.driver.put(id)
