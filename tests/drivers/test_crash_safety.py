@@ -212,3 +212,24 @@ def test_overlay_survives_kill_at_random_points(tmp_path: Path) -> None:
         whiteouts=tuple(f"usr/lib/.wh.f{i:03d}" for i in range(0, 150, 3)),
     )
     _crash_loop(tmp_path, "overlay", base, diff, _overlay_leftovers)
+
+
+def _windowsfilter_leftovers(d: drivers.Driver) -> None:
+    staging = d.home / ".lamina-staging"
+    if staging.is_dir():
+        assert os.listdir(staging) == [], f"staging holds leftovers: {os.listdir(staging)}"
+    for name in os.listdir(d.home):
+        assert not name.endswith("-removing"), f"leftover {name} in {d.home}"
+
+
+@pytest.mark.slow
+def test_windowsfilter_survives_kill_at_random_points(tmp_path: Path) -> None:
+    from test_windowsfilter_fixtures import base_layer, diff_layer_1, go_layer
+
+    _crash_loop(
+        tmp_path,
+        "windowsfilter",
+        go_layer(base_layer()),
+        go_layer(diff_layer_1()),
+        _windowsfilter_leftovers,
+    )

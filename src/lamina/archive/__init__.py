@@ -13,6 +13,7 @@ from lamina.archive._changes import changes, changes_size
 from lamina.archive._compression import Compression, decompress, detect_compression
 from lamina.archive._export import export_changes, export_tree
 from lamina.archive._idmap import IDMap, IDRange
+from lamina.archive._overlay_changes import overlay_changes, upper_size
 from lamina.archive._paths import clean_entry_name, open_beneath
 from lamina.archive._whiteout import (
     OPAQUE_MARKER,
@@ -41,4 +42,6 @@ __all__ = [
     "export_changes",
     "export_tree",
     "open_beneath",
+    "overlay_changes",
+    "upper_size",
 ]

@@ -1,11 +1,10 @@
 """mount and unmount: ``get`` and ``put`` of the driver, one per command.
 
-The reference count of a view lives in the driver's mounter.  A command is a
-process of its own, so ``lamina mount`` leaves the view in place when it
-exits and ``lamina unmount`` releases it later; that only balances if the
-driver keeps its counts where another process can see them (the overlay
-driver does, in its runtime directory).  Hence the rule in the help texts:
-every ``lamina mount`` needs exactly one ``lamina unmount``.
+A command is a process of its own, so these use the driver's ``mount`` and
+``unmount``: holds that are counted in the driver's runtime directory and
+outlive the process, so a later ``lamina unmount`` can release what an
+earlier ``lamina mount`` took.  Hence the rule in the help texts: every
+``lamina mount`` needs exactly one ``lamina unmount``.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ def mount(state: State, id: str, mount_label: str) -> None:
       echo hi > "$dir/hello"
       lamina unmount ctr
     """
-    echo_path(state.driver.get(id, mount_label))
+    echo_path(state.driver.mount(id, mount_label))
 
 
 @click.command()
@@ -52,4 +51,4 @@ def unmount(state: State, id: str) -> None:
     Example:
       lamina unmount ctr
     """
-    state.driver.put(id)
+    state.driver.unmount(id)

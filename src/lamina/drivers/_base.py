@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from lamina._change import Change
-from lamina._fs import Mount, Mounter
-from lamina.errors import InvalidArgumentError, NotFoundError
+from lamina._fs import DETACHED, Mount, Mounter, RefStore
+from lamina.errors import InUseError, InvalidArgumentError, NotFoundError, NotSupportedError
 
 __all__ = ["Driver", "FileGetter", "StorageOpts", "validate_id"]
 
@@ -137,6 +138,59 @@ class Driver(abc.ABC):
     def put(self, id: str) -> None:
         """Release one ``get``; the view goes away at zero.  Too many puts raise InUseError."""
         self._mounter.release(id)
+
+    # -- views that outlive the process (``lamina mount`` / ``lamina unmount``) ---
+
+    def _hold_store(self) -> RefStore:
+        """Cross-process hold counts; drivers that already keep one return theirs."""
+        store: RefStore | None = getattr(self, "_detached_holds", None)
+        if store is None:
+            store = self._detached_holds = RefStore(self.home / ".run")
+        return store
+
+    def _do_mount(self, mount: Mount) -> None:
+        """Make a non-direct view appear; drivers that mount override this."""
+        if not mount.is_direct:
+            raise NotSupportedError(f"{self.name} cannot mount {mount.type} views")
+
+    def _do_unmount(self, mount: Mount) -> None:
+        """Undo :meth:`_do_mount`; drivers that mount override this."""
+        return None  # a direct view has nothing to undo
+
+    def mount(self, id: str, mount_label: str = "") -> Path:
+        """Like ``get``, but the hold outlives this process; release it with ``unmount``.
+
+        The hold is counted in the driver's runtime directory, so a later
+        process (a second ``lamina`` command) can release it.
+        """
+        validate_id(id)
+        if not self.exists(id):
+            raise NotFoundError(f"layer {id} does not exist")
+        spec = self._mount_spec(id, mount_label)
+
+        def make() -> None:
+            # called when the target is not a kernel mount: a direct view needs nothing,
+            # and a view materialised as a directory by an earlier mount is still there
+            if spec.is_direct or (os.path.isdir(spec.target) and any(os.scandir(spec.target))):
+                return
+            self._do_mount(spec)
+
+        self._hold_store().acquire(
+            str(spec.target), make, lambda: self._do_unmount(spec), holder=DETACHED
+        )
+        return spec.target
+
+    def unmount(self, id: str) -> None:
+        """Release one ``mount`` (from any process); the view goes away at the last one."""
+        validate_id(id)
+        if not self.exists(id):
+            raise NotFoundError(f"layer {id} does not exist")
+        spec = self._mount_spec(id, "")
+        left = self._hold_store().release(
+            str(spec.target), lambda: self._do_unmount(spec), DETACHED
+        )
+        if left < 0:
+            raise InUseError(f"unmount of {id!r} without a matching mount")
 
     @contextlib.contextmanager
     def mounted(self, id: str, mount_label: str = "") -> Iterator[Path]:

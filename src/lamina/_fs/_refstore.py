@@ -1,0 +1,276 @@
+"""Mount reference counts shared by every process that uses one store.
+
+The in-process :class:`~lamina._fs.Mounter` counts ``get``/``put`` within a
+process; this module counts *processes*.  A view is mounted when its first
+holder anywhere appears and unmounted when its last holder anywhere goes,
+so ``put`` in one process never pulls a view out from under another.
+
+State lives in a runtime directory (``mounts.json`` beside ``mounts.lock``)
+and is only read or written under an exclusive ``flock`` of the lock file.
+Each holder is recorded as ``<pid>:<start time>`` with a count, so a holder
+that died (``kill -9``) is recognised even if its pid was reused, and its
+counts are dropped.  Every operation reconciles with the kernel's own
+record, ``/proc/self/mountinfo``:
+
+* a view whose holders are all dead but which is still mounted is a leak
+  and is unmounted;
+* a view that holders think is mounted but is not (unmounted behind our
+  back, or a reboot) is mounted again by the next acquire;
+* the whole table is discarded when the boot id changes (the runtime
+  directory may live on a disk that survives reboots).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from lamina._fs._mount import MNT_DETACH, MountInfo, mountinfo, umount
+from lamina._fs._mounter import Mount, Mounter, MountFn, UnmountFn
+from lamina._fs._probe import boot_id
+
+__all__ = ["DETACHED", "RefStore", "SharedMounter", "holder_alive", "this_holder"]
+
+#: The holder of views that outlive the process that asked for them (a CLI
+#: ``mount`` command): never reaped for being dead, released explicitly.
+DETACHED = "detached"
+
+_Table = dict[str, dict[str, int]]
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2 :].split()
+    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
+        return None  # a zombie holds no mounts any more
+    return fields[19].decode()
+
+
+def this_holder() -> str:
+    """This process's holder name, ``<pid>:<start time>``."""
+    pid = os.getpid()
+    return f"{pid}:{_start_time(pid)}"
+
+
+def holder_alive(holder: str) -> bool:
+    """Whether the process a holder name describes is still running (not a reused pid).
+
+    :data:`DETACHED` holds belong to no process and are always alive.
+    """
+    if holder == DETACHED:
+        return True
+    pid_text, _, start = holder.partition(":")
+    if not pid_text.isdigit():
+        return False
+    return _start_time(int(pid_text)) == start
+
+
+class RefStore:
+    """Cross-process holder counts for mount targets, kept in ``run_dir``."""
+
+    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+        self.run_dir = Path(run_dir)
+        os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
+        self._lock_path = self.run_dir / "mounts.lock"
+        self._state_path = self.run_dir / "mounts.json"
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+        self._table: _Table | None = None
+
+    # -- locking and persistence ------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[_Table]:
+        """Hold the store's lock (re-entrant in this thread); yields the live table.
+
+        Changes made to the table are written back when the outermost
+        ``locked`` block ends.  The lock also serialises other per-store
+        work that must not interleave across processes (mounting images).
+        """
+        with self._thread_lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    assert self._table is not None
+                    yield self._table
+                finally:
+                    self._depth -= 1
+                return
+            os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                table = self._load()
+                before = json.dumps(table, sort_keys=True)
+                self._table, self._depth = table, 1
+                try:
+                    yield table
+                finally:
+                    self._table, self._depth = None, 0
+                    if json.dumps(table, sort_keys=True) != before:
+                        self._save(table)
+            finally:
+                os.close(fd)  # releases the flock
+
+    def _load(self) -> _Table:
+        try:
+            with open(self._state_path, encoding="utf-8") as f:
+                data: Any = json.load(f)
+        except (FileNotFoundError, ValueError):
+            return {}
+        if not isinstance(data, dict) or data.get("boot_id") != boot_id():
+            return {}
+        mounts = data.get("mounts")
+        if not isinstance(mounts, dict):
+            return {}
+        table: _Table = {}
+        for target, holders in mounts.items():
+            if isinstance(holders, dict):
+                table[str(target)] = {
+                    str(h): int(n) for h, n in holders.items() if isinstance(n, int) and n > 0
+                }
+        return table
+
+    def _save(self, table: _Table) -> None:
+        tmp = self._state_path.with_name(f"mounts.json.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"boot_id": boot_id(), "mounts": table}, f, sort_keys=True)
+        os.replace(tmp, self._state_path)
+
+    # -- operations ---------------------------------------------------------------------
+
+    @staticmethod
+    def _live(table: _Table, target: str) -> dict[str, int]:
+        """Drop dead holders of ``target``.
+
+        A target left with no holders stays in the table (empty) until an
+        operation that can unmount it has looked at it: forgetting it here
+        would forget a leaked mount.
+        """
+        holders = {h: n for h, n in table.get(target, {}).items() if n > 0 and holder_alive(h)}
+        if target in table:
+            table[target] = holders
+        return holders
+
+    @staticmethod
+    def _mounted(target: str, mounts: Iterable[MountInfo] | None = None) -> bool:
+        table = mounts if mounts is not None else mountinfo()
+        return any(m.mountpoint == target for m in table)
+
+    def acquire(
+        self,
+        target: str,
+        mount: Callable[[], None],
+        unmount: Callable[[], None],
+        holder: str | None = None,
+    ) -> int:
+        """Count this process (or ``holder``) as a holder of ``target``, mounting it if needed.
+
+        Returns the number of holders afterwards.  A mount that is present
+        but held by nobody alive is stale (its holder crashed): it is
+        unmounted and made again, so a view always reflects the current layer.
+        """
+        with self.locked() as table:
+            holders = self._live(table, target)
+            mounted = self._mounted(target)
+            if mounted and not holders:
+                unmount()
+                mounted = False
+            if not mounted:
+                mount()
+            me = holder or this_holder()
+            holders[me] = holders.get(me, 0) + 1
+            table[target] = holders
+            return len(holders)
+
+    def release(self, target: str, unmount: Callable[[], None], holder: str | None = None) -> int:
+        """Drop one hold of this process (or ``holder``); unmount when no live holder is left.
+
+        Returns the number of holders still holding it, or -1 (and changes
+        nothing) when an explicit ``holder`` held nothing.
+        """
+        with self.locked() as table:
+            holders = self._live(table, target)
+            me = holder or this_holder()
+            if holder is not None and me not in holders:
+                return -1
+            if holders.get(me, 0) > 1:
+                holders[me] -= 1
+            else:
+                holders.pop(me, None)
+            if holders:
+                table[target] = holders
+                return len(holders)
+            table.pop(target, None)
+            if self._mounted(target):
+                unmount()
+            return 0
+
+    def holders(self, target: str) -> dict[str, int]:
+        """Live holders of ``target`` and their counts."""
+        with self.locked() as table:
+            return dict(self._live(table, target))
+
+    def counts(self) -> dict[str, int]:
+        """Number of live holding processes per target (dead holders dropped)."""
+        with self.locked() as table:
+            live = {t: len(self._live(table, t)) for t in list(table)}
+            return {t: n for t, n in live.items() if n}
+
+    def reconcile(
+        self,
+        candidates: Iterable[str] = (),
+        unmount: Callable[[str], None] | None = None,
+    ) -> list[str]:
+        """Drop dead holders and unmount views nobody alive holds.
+
+        ``candidates`` are further mount targets found in mountinfo (say,
+        every view under a driver's home) that are unmounted too if nobody
+        holds them: that is how mounts of a crashed process stop leaking even
+        if its record was lost.  Returns the targets that were unmounted.
+        """
+        do_unmount = unmount or (lambda t: umount(t, MNT_DETACH))
+        unmounted = []
+        with self.locked() as table:
+            mounts = mountinfo()
+            for target in sorted(set(table) | set(candidates)):
+                if self._live(table, target):
+                    continue
+                if self._mounted(target, mounts):
+                    do_unmount(target)
+                    unmounted.append(target)
+                table.pop(target, None)
+        return unmounted
+
+
+class SharedMounter(Mounter):
+    """A :class:`Mounter` whose first acquire / last release per process consult a RefStore.
+
+    ``mount_fn``/``unmount_fn`` perform the real mount and unmount; they are
+    only called when no other live process holds the view.
+    """
+
+    def __init__(self, store: RefStore, mount_fn: MountFn, unmount_fn: UnmountFn) -> None:
+        self.store = store
+        self._real_mount = mount_fn
+        self._real_unmount = unmount_fn
+        super().__init__(self._shared_mount, self._shared_unmount)
+
+    def _shared_mount(self, spec: Mount) -> None:
+        self.store.acquire(
+            str(spec.target), lambda: self._real_mount(spec), lambda: self._real_unmount(spec)
+        )
+
+    def _shared_unmount(self, spec: Mount) -> None:
+        self.store.release(str(spec.target), lambda: self._real_unmount(spec))

@@ -1,0 +1,323 @@
+"""A layer's changes read from its overlayfs upper directory alone.
+
+overlayfs already records what a layer changed: its upper directory holds
+the added and modified entries, 0:0 character devices for deletions and
+``trusted.overlay.opaque=y`` on directories that hide everything below
+them.  Listing that is proportional to the size of the change, not of the
+image, which is the point of the overlay driver's "native diff".
+
+The result must be exactly what :func:`lamina.archive.changes` reports when
+comparing the merged view with the parent's merged view (Docker's shapes):
+
+* an entry only in the new view is ADD, and so is everything below an added
+  directory;
+* an entry in both is MODIFY when its metadata differs the way Docker's
+  ``statDifferent`` sees it (type and mode, owner, rdev; plus size and mtime
+  for non-directories, mtimes equal when either nanosecond part is 0), or
+  its ``security.capability`` differs, or — like ``archive.changes`` and
+  unlike Docker — when a metadata-equal file or symlink may have been
+  rewritten within one timestamp tick and its content or target differs
+  (an upper file is a copy-up; if it was not written after its birth, it
+  still has the content it was copied with, so nothing is read);
+* a whiteout of something the parent has is DELETE (once, even for a
+  directory); so is every parent entry that an opaque directory hides,
+  at any depth below it (the new view under an opaque directory is the
+  upper alone);
+* a directory in both views whose subtree changed is MODIFY;
+* a file replaced by a directory is MODIFY with all the new children ADD,
+  and a directory replaced by a non-directory is a single MODIFY.
+
+"The parent's merged view" is resolved from the lower directories
+(uppermost first) the way overlayfs does: the first layer holding a name
+wins, a whiteout or a non-directory stops the search, and an opaque
+directory stops it below that directory.  Redirects and metacopy are not
+understood, which is why the driver only uses this when its kernel probe
+says they are off.
+
+Reads only; never follows symlinks.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Sequence
+
+from lamina._change import Change, ChangeKind
+from lamina.archive._statx import birth_time_ns
+from lamina.archive._whiteout import OVERLAY_OPAQUE_XATTR
+
+__all__ = ["overlay_changes", "upper_size"]
+
+_CAPABILITY_XATTR = "security.capability"
+_Parts = tuple[str, ...]
+_NS = 1_000_000_000
+_SLACK_NS = 2 * _NS  # coarse clocks and whole-second mtimes, as archive.changes
+_AT_FDCWD = -100
+_CHUNK = 1 << 20
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _xattr(path: str, name: str) -> bytes | None:
+    try:
+        return os.getxattr(path, name, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EPERM, errno.ENOENT):
+            return None
+        raise
+
+
+def _is_opaque(path: str) -> bool:
+    return _xattr(path, OVERLAY_OPAQUE_XATTR) == b"y"
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _same_time(a: int, b: int) -> bool:
+    """Docker's sameFsTimeSpec: seconds equal and nanoseconds equal or either zero."""
+    sa, na = divmod(a, 1_000_000_000)
+    sb, nb = divmod(b, 1_000_000_000)
+    return sa == sb and (na == nb or na == 0 or nb == 0)
+
+
+def _stat_differs(old: os.stat_result, new: os.stat_result) -> bool:
+    if (
+        old.st_mode != new.st_mode
+        or old.st_uid != new.st_uid
+        or old.st_gid != new.st_gid
+        or old.st_rdev != new.st_rdev
+    ):
+        return True
+    if stat.S_ISDIR(old.st_mode):
+        return False
+    return not _same_time(old.st_mtime_ns, new.st_mtime_ns) or old.st_size != new.st_size
+
+
+def _same_bytes(a_path: str, b_path: str) -> bool:
+    try:
+        a = os.open(a_path, _READ_FLAGS)
+    except OSError:
+        return False
+    try:
+        b = os.open(b_path, _READ_FLAGS)
+    except OSError:
+        os.close(a)
+        return False
+    try:
+        while True:
+            x, y = os.read(a, _CHUNK), os.read(b, _CHUNK)
+            if x != y:
+                return False
+            if not x:
+                return True
+    except OSError:
+        return False
+    finally:
+        os.close(a)
+        os.close(b)
+
+
+def _content_differs(
+    old_path: str, old: os.stat_result, new_path: str, new: os.stat_result
+) -> bool:
+    """For metadata-equal entries: could the content (or link target) still differ?"""
+    if not (stat.S_ISREG(new.st_mode) or stat.S_ISLNK(new.st_mode)) or new.st_size == 0:
+        return False
+    written_by = max(ns + _NS if ns % _NS == 0 else ns for ns in (new.st_mtime_ns, old.st_mtime_ns))
+    for path in (new_path, old_path):
+        born = birth_time_ns(_AT_FDCWD, path)
+        if born is not None and written_by < born - _SLACK_NS:
+            return False
+    if stat.S_ISLNK(new.st_mode):
+        try:
+            return os.readlink(new_path) != os.readlink(old_path)
+        except OSError:
+            return True
+    return not _same_bytes(new_path, old_path)
+
+
+class _LowerView:
+    """The parent's merged view, resolved lazily from the lower directories."""
+
+    def __init__(self, lowers: Sequence[str | os.PathLike[str]]) -> None:
+        self._dirs: dict[_Parts, list[str]] = {(): [os.fspath(p) for p in lowers]}
+
+    def dirs(self, parts: _Parts) -> list[str]:
+        """The layer directories (uppermost first) whose contents make up ``parts``.
+
+        Empty when ``parts`` is not a directory in the merged lower view.
+        """
+        cached = self._dirs.get(parts)
+        if cached is not None:
+            return cached
+        result: list[str] = []
+        for parent in self.dirs(parts[:-1]):
+            path = os.path.join(parent, parts[-1])
+            st = _lstat(path)
+            if st is None:
+                continue
+            if _is_whiteout(st) or not stat.S_ISDIR(st.st_mode):
+                break
+            result.append(path)
+            if _is_opaque(path):
+                break
+        self._dirs[parts] = result
+        return result
+
+    @staticmethod
+    def lookup(dirs: list[str], name: str) -> tuple[str, os.stat_result] | None:
+        """The visible entry ``name`` in a merged directory, or None."""
+        for parent in dirs:
+            path = os.path.join(parent, name)
+            st = _lstat(path)
+            if st is None:
+                continue
+            if _is_whiteout(st):
+                return None
+            return path, st
+        return None
+
+    @staticmethod
+    def names(dirs: list[str]) -> set[str]:
+        """Names visible in a merged directory."""
+        seen: set[str] = set()
+        visible: set[str] = set()
+        for parent in dirs:
+            with os.scandir(parent) as it:
+                for entry in it:
+                    if entry.name in seen:
+                        continue
+                    seen.add(entry.name)
+                    if entry.is_dir(follow_symlinks=False) or not _is_whiteout(
+                        entry.stat(follow_symlinks=False)
+                    ):
+                        visible.add(entry.name)
+        return visible
+
+
+def _path(parts: _Parts) -> str:
+    return "/" + "/".join(parts)
+
+
+class _Walker:
+    def __init__(self, upper: str, lowers: Sequence[str | os.PathLike[str]]) -> None:
+        self.upper = upper
+        self.view = _LowerView(lowers)
+        self.out: list[Change] = []
+
+    def add_all(self, upath: str, parts: _Parts) -> bool:
+        """Report every non-whiteout entry below an added directory as ADD."""
+        added = False
+        with os.scandir(upath) as it:
+            entries = list(it)
+        for entry in entries:
+            st = entry.stat(follow_symlinks=False)
+            if _is_whiteout(st):
+                continue
+            child = (*parts, entry.name)
+            self.out.append(Change(_path(child), ChangeKind.ADD))
+            added = True
+            if stat.S_ISDIR(st.st_mode):
+                self.add_all(entry.path, child)
+        return added
+
+    def visit(self, upath: str, parts: _Parts, old_dirs: list[str], hides: bool = False) -> bool:
+        """Report the changes below the upper directory ``upath``; True if any.
+
+        ``hides``: an opaque directory above already hides the lowers here, so
+        the new view below is the upper alone.
+        """
+        changed = False
+        hides = hides or bool(parts and old_dirs and _is_opaque(upath))
+        with os.scandir(upath) as it:
+            entries = list(it)
+        present: set[str] = set()
+        for entry in entries:
+            name = entry.name
+            present.add(name)
+            child = (*parts, name)
+            st = entry.stat(follow_symlinks=False)
+            old = self.view.lookup(old_dirs, name) if old_dirs else None
+            if _is_whiteout(st):
+                if old is not None:
+                    self.out.append(Change(_path(child), ChangeKind.DELETE))
+                    changed = True
+                continue
+            if old is None:
+                self.out.append(Change(_path(child), ChangeKind.ADD))
+                changed = True
+                if stat.S_ISDIR(st.st_mode):
+                    self.add_all(entry.path, child)
+                continue
+            old_path, old_st = old
+            differs = (
+                _stat_differs(old_st, st)
+                or _xattr(old_path, _CAPABILITY_XATTR) != _xattr(entry.path, _CAPABILITY_XATTR)
+                or _content_differs(old_path, old_st, entry.path, st)
+            )
+            if differs:
+                self.out.append(Change(_path(child), ChangeKind.MODIFY))
+                changed = True
+            if stat.S_ISDIR(st.st_mode):
+                if stat.S_ISDIR(old_st.st_mode):
+                    below = self.visit(entry.path, child, self.view.dirs(child), hides)
+                else:
+                    below = self.add_all(entry.path, child)
+                if below:
+                    changed = True
+                    if not differs:
+                        self.out.append(Change(_path(child), ChangeKind.MODIFY))
+        if hides and old_dirs:
+            for name in sorted(self.view.names(old_dirs) - present):
+                self.out.append(Change(_path((*parts, name)), ChangeKind.DELETE))
+                changed = True
+        return changed
+
+
+def overlay_changes(
+    upper: str | os.PathLike[str], lowers: Sequence[str | os.PathLike[str]]
+) -> list[Change]:
+    """Changes of a layer from its upper dir and its parent's lower dirs (uppermost first).
+
+    Sorted by (path, kind), like :func:`lamina.archive.changes`.
+    """
+    walker = _Walker(os.fspath(upper), lowers)
+    walker.visit(walker.upper, (), walker.view.dirs(()))
+    return sorted(walker.out)
+
+
+def upper_size(upper: str | os.PathLike[str]) -> int:
+    """Bytes held by a layer's own directory: ``du``-style, hardlinked inodes counted once.
+
+    This is Docker's ``directory.Size``, which overlay2 reports as a layer's
+    size on the native path: the sum of ``st_size`` of non-directories.
+    """
+    total = 0
+    seen: set[tuple[int, int]] = set()
+    stack = [os.fspath(upper)]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for entry in it:
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(entry.path)
+                    continue
+                if st.st_size <= 0:
+                    continue
+                if st.st_nlink > 1:
+                    key = (st.st_dev, st.st_ino)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                total += st.st_size
+    return total

@@ -1,0 +1,884 @@
+"""The overlay driver: layers stacked by the kernel's overlayfs, like overlay2.
+
+Each layer keeps only its own changes in ``diff/`` (see
+:mod:`lamina.drivers.overlay._layout`).  ``get`` mounts overlayfs with the
+parent chain as lower directories; a layer without parent is served as its
+``diff/`` directly.  Chains are named through 26-character short links
+relative to ``home``; where the kernel has the new mount API with
+``lowerdir+`` (Linux >= 6.8) every lower directory is a separate
+``fsconfig`` call, so a chain is limited only by the kernel's own stack
+depth (500 lowers, measured by a probe), not by the one page of classic
+mount options that stops Docker at 128.
+
+Mount counts are shared by all processes using the store through a
+:class:`lamina._fs.RefStore` in a runtime directory (option ``runroot``,
+default ``home/.run``), reconciled with
+``/proc/self/mountinfo`` so that a crashed process leaks no mounts.
+
+Diffs are native — read from ``diff/`` alone — when the parent asked about
+is the layer's real parent and a probe mount shows that this kernel with our
+mount options records every change in the upper directory (no redirects, no
+metacopy, no opaque copy-up bug); otherwise the naive path compares merged
+views.  ``apply_diff`` extracts straight into ``diff/`` with overlay
+whiteouts, without a mount.
+
+A ``size`` storage option on a read-write layer is enforced with an XFS
+project quota where the backing filesystem is XFS mounted with ``pquota``,
+and elsewhere with a per-layer ext4 image on a loop device that holds the
+layer's ``diff/`` and ``work/``.
+
+Options (keys may carry an ``overlay.`` or ``overlay2.`` prefix):
+``size`` (default for read-write layers), ``mountopt`` (extra overlay mount
+options, comma-separated), ``runroot``, ``quota`` (``auto``, ``project`` or
+``loop``), ``native_diff`` (``auto`` or ``false``), ``mount_api``
+(``auto``, ``new`` or ``legacy``), ``detached_views`` (``false`` or
+``true``).
+
+Views are held by processes: a process that dies (even by ``kill -9``)
+holds nothing any more, and its mounts are undone by the next driver
+start-up or ``cleanup`` in any process (or the next ``get``/``put`` of the
+same view).  A driver made with
+``detached_views=true`` instead records its ``get``s as holds that belong to
+no process, survive its exit and are released by a ``put`` from any process
+with the same option: that is what a ``lamina mount`` / ``lamina unmount``
+pair of commands needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import BinaryIO
+
+from lamina import archive
+from lamina._change import Change
+from lamina._fs import (
+    DETACHED,
+    MNT_DETACH,
+    Mount,
+    Mounter,
+    NativeDiffProbe,
+    ProjectQuota,
+    RefStore,
+    SharedMounter,
+    backing_fs,
+    create_image,
+    image_is_mounted,
+    made_by_other_live_process,
+    make_staging_dir,
+    mount_image,
+    mount_spec,
+    mounts_below,
+    new_mount_api_supported,
+    overlay_max_lowers,
+    probe_native_diff,
+    probe_overlay_mount,
+    remove_tree,
+    rename_noreplace,
+    retire_dir,
+    statfs_magic,
+    supports_d_type,
+    umount,
+    unmount_below,
+    unmount_image,
+)
+from lamina._units import ram_in_bytes
+from lamina.archive._overlay_changes import overlay_changes, upper_size
+from lamina.drivers._base import Driver, FileGetter, StorageOpts
+from lamina.drivers.overlay._layout import (
+    LINK_DIR,
+    REMOVING_DIR,
+    STAGING_DIR,
+    check_layer_id,
+    is_layer_name,
+    new_link_id,
+    read_link,
+    read_lower,
+    write_small_file,
+)
+from lamina.errors import (
+    AlreadyExistsError,
+    IncompatibleFilesystemError,
+    InUseError,
+    InvalidArgumentError,
+    LaminaError,
+    MaxDepthError,
+    NotFoundError,
+    PrerequisitesError,
+    QuotaNotSupportedError,
+    StateError,
+)
+
+__all__ = ["OverlayDriver"]
+
+#: Filesystems overlayfs cannot use for its upper and work directories.
+_REFUSED_FS = {
+    0x794C7630: "overlayfs",
+    0x61756673: "aufs",
+    0xF15F: "ecryptfs",
+    0x6969: "nfs",
+    0xFF534D42: "cifs",
+    0xFE534D42: "smb2",
+}
+#: Without ``lowerdir+`` the options must fit one page: overlay2's limit.
+_LEGACY_MAX_LOWERS = 128
+#: The kernel's OVL_MAX_STACK, used if it cannot be measured.
+_KERNEL_MAX_LOWERS = 500
+_MIN_QUOTA_SIZE = 1 << 20
+_OPTION_KEYS = (
+    "size",
+    "mountopt",
+    "runroot",
+    "quota",
+    "native_diff",
+    "mount_api",
+    "detached_views",
+)
+_OVERLAY_PARAMS = Path("/sys/module/overlay/parameters")
+
+
+def _parse_options(options: Mapping[str, str]) -> dict[str, str]:
+    parsed: dict[str, str] = {}
+    for raw_key, value in options.items():
+        key = raw_key.lower()
+        for prefix in ("overlay2.", "overlay."):
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        if key not in _OPTION_KEYS:
+            raise InvalidArgumentError(f"overlay: unknown option {raw_key}")
+        parsed[key] = value
+    choices = {
+        "quota": ("auto", "project", "loop"),
+        "native_diff": ("auto", "false", "true"),
+        "mount_api": ("auto", "new", "legacy"),
+        "detached_views": ("false", "true"),
+    }
+    for key, allowed in choices.items():
+        if key in parsed and parsed[key] not in allowed:
+            raise InvalidArgumentError(
+                f"overlay: option {key} must be one of {', '.join(allowed)}, not {parsed[key]!r}"
+            )
+    if "size" in parsed:
+        ram_in_bytes(parsed["size"])
+    return parsed
+
+
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists():
+        if path.parent == path:
+            break
+        path = path.parent
+    return path
+
+
+def _default_runroot(home: Path) -> Path:
+    """``home/.run``: found by every process using the store, and gone with the store.
+
+    Its contents are keyed by boot id, so a runtime directory on a disk
+    that survives a reboot is as good as one on tmpfs.
+    """
+    return home / ".run"
+
+
+def _base_mount_options() -> list[str]:
+    """Options that make overlayfs keep every change in the upper directory.
+
+    ``index=off`` lets a lower layer serve many mounts (Docker does the
+    same); ``redirect_dir=off`` and ``metacopy=off`` keep renamed
+    directories and chmod-only copy-ups as plain entries that a walk of
+    ``diff/`` can read.  Each is only given when the kernel knows it.
+    """
+    opts = []
+    for name in ("index", "redirect_dir", "metacopy"):
+        if (_OVERLAY_PARAMS / name).exists():
+            opts.append(f"{name}=off")
+    return opts
+
+
+def _mount_error(exc: OSError, what: str) -> LaminaError:
+    text = exc.strerror or str(exc)
+    if exc.errno == errno.EINVAL and "too many lower" in text:
+        return MaxDepthError(f"{what}: {text}", errno=exc.errno)
+    return StateError(f"{what}: {text}", errno=exc.errno)
+
+
+class _OverlayFileGetter:
+    """Serves a layer's files from ``diff/`` then its lowers, without mounting."""
+
+    def __init__(self, dirs: list[Path], layer_id: str) -> None:
+        self._dirs = dirs
+        self._id = layer_id
+
+    def get(self, name: str) -> BinaryIO:
+        rel = archive.clean_entry_name(name)
+        if rel is None:
+            raise InvalidArgumentError(f"invalid entry name {name!r}")
+        for directory in self._dirs:
+            try:
+                return archive.open_beneath(directory, rel)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.ENXIO, errno.ENODEV, errno.ELOOP):
+                    break  # a whiteout (0:0 device) or a symlink: hidden here
+                raise
+        raise NotFoundError(f"{name}: not in layer {self._id}")
+
+    def close(self) -> None:
+        return None
+
+
+class OverlayDriver(Driver):
+    """Docker's overlay2 on lamina's contract; see the module docstring."""
+
+    name = "overlay"
+
+    def __init__(self, home: Path, options: Mapping[str, str] | None = None) -> None:
+        opts = _parse_options(options or {})
+        if not sys.platform.startswith("linux"):
+            raise PrerequisitesError("overlay needs Linux (kernel overlayfs)")
+        if os.geteuid() != 0:
+            raise PrerequisitesError(
+                "overlay needs root: it mounts overlayfs and makes whiteout device nodes "
+                "(use the vfs driver unprivileged)"
+            )
+        home = Path(home).absolute()
+        testdir = _existing_ancestor(home)
+        magic = statfs_magic(testdir)
+        self.backing_fs = backing_fs(testdir)
+        if magic in _REFUSED_FS:
+            raise IncompatibleFilesystemError(
+                f"overlay cannot run on {_REFUSED_FS[magic]} ({testdir}): "
+                "overlayfs refuses it as an upper layer"
+            )
+        self._base_options = _base_mount_options()
+        extra = [o for o in opts.get("mountopt", "").split(",") if o]
+        api = opts.get("mount_api", "auto")
+        if api == "new" and not new_mount_api_supported("overlay"):
+            raise PrerequisitesError("overlay: the kernel has no new mount API with lowerdir+")
+        self._new_api = api != "legacy" and new_mount_api_supported("overlay")
+        try:
+            probe_overlay_mount(testdir, self._base_options)
+        except OSError as exc:
+            if exc.errno == errno.ENODEV:
+                raise PrerequisitesError(
+                    "overlay: the kernel has no overlayfs (modprobe overlay)", errno=exc.errno
+                ) from exc
+            if exc.errno == errno.EPERM:
+                raise PrerequisitesError(
+                    f"overlay: not allowed to mount: {exc.strerror}", errno=exc.errno
+                ) from exc
+            raise IncompatibleFilesystemError(
+                f"overlay: overlayfs cannot use {self.backing_fs} at {testdir}: {exc.strerror}",
+                errno=exc.errno,
+            ) from exc
+        if extra:
+            try:
+                probe_overlay_mount(testdir, [*self._base_options, *extra])
+            except OSError as exc:
+                raise InvalidArgumentError(
+                    f"overlay: mountopt {','.join(extra)} rejected: {exc.strerror}",
+                    errno=exc.errno,
+                ) from exc
+        self._mount_options = (*self._base_options, *extra)
+        if not supports_d_type(testdir):
+            raise IncompatibleFilesystemError(
+                f"overlay: {self.backing_fs} at {testdir} is formatted without d_type "
+                "support (xfs: mkfs.xfs -n ftype=1; ext4: tune2fs -O filetype)"
+            )
+        os.makedirs(home, mode=0o710, exist_ok=True)
+        self._root = Path(os.path.realpath(home))
+        os.makedirs(self._root / LINK_DIR, mode=0o700, exist_ok=True)
+        self._links = self._root / LINK_DIR
+        self._staging = self._root / STAGING_DIR
+        self._removing = self._root / REMOVING_DIR
+        runroot = Path(opts["runroot"]) if "runroot" in opts else _default_runroot(self._root)
+        self.runroot = runroot.absolute()
+        self._store = RefStore(self.runroot)
+        self._default_size = ram_in_bytes(opts["size"]) if "size" in opts else 0
+        self._quota_mode = opts.get("quota", "auto")
+        self._native_mode = opts.get("native_diff", "auto")
+        self._detached = opts.get("detached_views", "false") == "true"
+        self._lock = threading.Lock()
+        self._in_flight: set[str] = set()
+        self._native_probe: NativeDiffProbe | None = None
+        self._project_quota: ProjectQuota | None = None
+        self._quota_error: QuotaNotSupportedError | None = None
+        self._quota_checked = False
+        if self._new_api:
+            self.max_lowers = overlay_max_lowers() or _KERNEL_MAX_LOWERS
+        else:
+            self.max_lowers = _LEGACY_MAX_LOWERS
+        super().__init__(home, options)
+        self._reconcile()
+
+    def _make_mounter(self) -> Mounter:
+        return SharedMounter(self._store, self._do_mount, self._do_unmount)
+
+    # -- paths ---------------------------------------------------------------------
+
+    def _dir(self, id: str) -> Path:
+        return self._root / check_layer_id(id)
+
+    def _existing_dir(self, id: str) -> Path:
+        path = self._dir(id)
+        if not path.is_dir():
+            raise NotFoundError(f"layer {id} does not exist")
+        return path
+
+    def _diff_dir(self, id: str) -> Path:
+        """The real path of the layer's upper directory (its quota image mounted)."""
+        path = self._existing_dir(id)
+        self._ensure_image(path)
+        return Path(os.path.realpath(path / "diff"))
+
+    def _chain(self, path: Path) -> list[str]:
+        """Ids of the parent chain's layers, nearest first (one readlink each).
+
+        Strings, not Paths: this runs for every lower of a 500-deep chain.
+        """
+        root = os.fspath(self._root)
+        result = []
+        for entry in read_lower(path) or []:
+            try:
+                target = os.readlink(f"{root}/{entry}")
+            except FileNotFoundError:
+                raise StateError(f"{path}: lower {entry} is missing (run cleanup)") from None
+            parts = target.split("/")
+            if len(parts) != 3 or parts[0] != ".." or parts[2] != "diff":
+                raise StateError(f"{root}/{entry}: unexpected link target {target!r}")
+            result.append(parts[1])
+        return result
+
+    def _ensure_chain_images(self, chain: list[str]) -> None:
+        root = os.fspath(self._root)
+        for layer in chain:
+            if os.path.exists(f"{root}/{layer}/quota.img"):
+                self._ensure_image(self._root / layer)
+
+    def _lower_dirs(self, path: Path) -> list[Path]:
+        """Real paths of the parent chain's upper directories, nearest first."""
+        chain = self._chain(path)
+        self._ensure_chain_images(chain)
+        return [Path(os.path.realpath(self._root / layer / "diff")) for layer in chain]
+
+    # -- quota ---------------------------------------------------------------------
+
+    def _ensure_image(self, layer_dir: Path) -> None:
+        """Mount a layer's size-limited filesystem image if it is not (after a reboot)."""
+        image = layer_dir / "quota.img"
+        if not image.exists() or image_is_mounted(layer_dir / "quota"):
+            return
+        with self._store.locked():
+            if not image_is_mounted(layer_dir / "quota"):
+                try:
+                    mount_image(image, layer_dir / "quota")
+                except OSError as exc:
+                    raise StateError(
+                        f"{layer_dir}: cannot mount its quota image: {exc.strerror}",
+                        errno=exc.errno,
+                    ) from exc
+
+    def _quota_kind(self) -> str:
+        """ "project" or "loop"; QuotaNotSupportedError saying why neither works."""
+        if not self._quota_checked:
+            self._quota_checked = True
+            if self._quota_mode in ("auto", "project") and self.backing_fs == "xfs":
+                try:
+                    self._project_quota = ProjectQuota(self._root)
+                except QuotaNotSupportedError as exc:
+                    self._quota_error = exc
+            elif self._quota_mode == "project":
+                self._quota_error = QuotaNotSupportedError(
+                    f"project quotas need XFS with pquota; {self._root} is on {self.backing_fs}"
+                )
+        if self._project_quota is not None:
+            return "project"
+        if self._quota_mode == "project":
+            assert self._quota_error is not None
+            raise self._quota_error
+        if not os.path.exists("/dev/loop-control"):
+            raise QuotaNotSupportedError(
+                "size needs XFS project quotas or loop devices; neither is available"
+                + (f" ({self._quota_error})" if self._quota_error else "")
+            )
+        return "loop"
+
+    def _setup_quota(self, staging: Path, size: int) -> None:
+        """Make ``diff`` and ``work`` in ``staging`` limited to ``size`` bytes."""
+        kind = self._quota_kind()
+        if kind == "project":
+            assert self._project_quota is not None
+            with self._store.locked():
+                self._project_quota.set_quota(staging, size)
+            write_small_file(staging / "quota", f"project {size}\n", 0o600)
+            os.mkdir(staging / "diff", 0o755)
+            os.mkdir(staging / "work", 0o700)
+            return
+        if size < _MIN_QUOTA_SIZE:
+            raise InvalidArgumentError(f"size {size} is too small for a filesystem image (1M)")
+        image, mountpoint = staging / "quota.img", staging / "quota"
+        os.mkdir(mountpoint, 0o700)
+        try:
+            create_image(image, size)
+            mount_image(image, mountpoint)
+        except OSError as exc:
+            raise QuotaNotSupportedError(
+                f"cannot make a {size}-byte filesystem image: {exc.strerror}", errno=exc.errno
+            ) from exc
+        os.mkdir(mountpoint / "diff", 0o755)
+        os.mkdir(mountpoint / "work", 0o700)
+        os.symlink("quota/diff", staging / "diff")
+        os.symlink("quota/work", staging / "work")
+
+    def _size_option(self, storage_opt: StorageOpts | None, rw: bool) -> int:
+        size = self._default_size if rw else 0
+        for key, value in (storage_opt or {}).items():
+            if key.lower() != "size":
+                raise InvalidArgumentError(f"overlay: unknown storage option {key}")
+            if not rw:
+                raise InvalidArgumentError(
+                    "overlay: the size option is only supported for read-write layers"
+                )
+            size = ram_in_bytes(value)
+        return size
+
+    # -- storage ---------------------------------------------------------------------
+
+    def create(
+        self,
+        id: str,
+        parent: str | None = None,
+        *,
+        mount_label: str = "",
+        storage_opt: StorageOpts | None = None,
+    ) -> None:
+        """Create an image layer: an empty ``diff/`` over ``parent``."""
+        self._create(id, parent, self._size_option(storage_opt, rw=False))
+
+    def create_read_write(
+        self,
+        id: str,
+        parent: str | None = None,
+        *,
+        mount_label: str = "",
+        storage_opt: StorageOpts | None = None,
+    ) -> None:
+        """Create a container layer; ``size`` (Docker units, 50M = 50 MiB) limits its writes."""
+        self._create(id, parent, self._size_option(storage_opt, rw=True))
+
+    def _create(self, id: str, parent: str | None, size: int) -> None:
+        target = self._dir(id)
+        if os.path.lexists(target):
+            raise AlreadyExistsError(f"layer {id} already exists")
+        lowers: list[str] = []
+        parent_dir: Path | None = None
+        if parent:
+            parent_dir = self._existing_dir(parent)
+            lowers = [f"{LINK_DIR}/{read_link(parent_dir)}", *(read_lower(parent_dir) or [])]
+            if len(lowers) > self.max_lowers:
+                raise MaxDepthError(
+                    f"max depth exceeded: layer {id} would have {len(lowers)} lower layers; "
+                    f"overlayfs here stacks at most {self.max_lowers}"
+                )
+        staging = make_staging_dir(self._staging, id, 0o710)
+        with self._lock:
+            self._in_flight.add(staging.name)
+        link_path: Path | None = None
+        try:
+            os.chmod(staging, 0o710)
+            if size:
+                self._setup_quota(staging, size)
+            else:
+                os.mkdir(staging / "diff", 0o755)
+                if parent_dir is not None:
+                    os.mkdir(staging / "work", 0o700)
+            self._inherit_root(staging / "diff", parent_dir)
+            if lowers:
+                write_small_file(staging / "lower", ":".join(lowers))
+            while True:
+                link = new_link_id()
+                try:
+                    os.symlink(f"../{id}/diff", self._links / link)
+                except FileExistsError:
+                    continue
+                link_path = self._links / link
+                break
+            write_small_file(staging / "link", link)
+            if parent_dir is not None:
+                write_small_file(parent_dir / "committed", "", 0o600)
+            try:
+                rename_noreplace(staging, target)
+            except FileExistsError:
+                raise AlreadyExistsError(f"layer {id} already exists") from None
+            except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise AlreadyExistsError(f"layer {id} already exists") from None
+                raise
+        except BaseException:
+            if link_path is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(link_path)
+            self._discard(staging)
+            raise
+        finally:
+            with self._lock:
+                self._in_flight.discard(staging.name)
+
+    def _inherit_root(self, diff: Path, parent_dir: Path | None) -> None:
+        """Give a new ``diff/`` its parent's root mode and owner (0755 root:root without one).
+
+        overlayfs shows the upper directory's root as the view's root, so a
+        plain 0755 ``diff/`` would undo a parent layer's ``./`` entry (a
+        child layer tar rarely repeats it); containers/storage does the same.
+        """
+        mode, uid, gid = 0o755, 0, 0
+        if parent_dir is not None:
+            st = os.stat(self._diff_dir(parent_dir.name))
+            mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+        os.chown(diff, uid, gid)
+        os.chmod(diff, mode)
+
+    def _discard(self, path: Path) -> None:
+        """Delete a layer directory that is out of sight, unmounting what is inside."""
+        unmount_below(path)
+        remove_tree(path)
+
+    def remove(self, id: str) -> None:
+        """Delete a layer (renamed out of sight first); a missing layer is fine.
+
+        A layer whose view is held by a live process raises InUseError.
+        """
+        path = self._dir(id)
+        if not os.path.lexists(path):
+            return
+        if self._mounter.count(id):  # outside the store lock: the mounter's comes first
+            raise InUseError(f"layer {id} is in use (this process holds its view)")
+        with self._store.locked():
+            if self._store.holders(str(path / "merged")):
+                raise InUseError(f"layer {id} is in use (its view is mounted)")
+            retired = retire_dir(path, self._removing, id)
+        if retired is None:
+            return
+        with contextlib.suppress(StateError, OSError):
+            os.unlink(self._links / read_link(retired))
+        self._discard(retired)
+
+    def exists(self, id: str) -> bool:
+        """Whether ``home/<id>`` exists (invalid or reserved ids never do)."""
+        try:
+            return self._dir(id).is_dir()
+        except InvalidArgumentError:
+            return False
+
+    def _layer_names(self) -> list[str]:
+        return [
+            e.name
+            for e in os.scandir(self._root)
+            if is_layer_name(e.name) and e.is_dir(follow_symlinks=False)
+        ]
+
+    def status(self) -> list[tuple[str, str]]:
+        """overlay2's pairs plus mount API, depth limit, quota mechanism and layer count."""
+        probe = self._probe()
+        try:
+            quota = self._quota_kind()
+            quota_text = "xfs project quota" if quota == "project" else "loop-mounted ext4 image"
+        except QuotaNotSupportedError as exc:
+            quota_text = f"unsupported ({exc})"
+        native = self._use_native()
+        pairs = [
+            ("Backing Filesystem", self.backing_fs),
+            ("Supports d_type", "true"),
+            ("Native Overlay Diff", str(native).lower()),
+        ]
+        if not native:
+            pairs.append(
+                ("Native Diff Disabled Because", probe.reason or "native_diff option is false")
+            )
+        pairs += [
+            ("Using metacopy", str(probe.metacopy).lower()),
+            ("Mount API", "fsconfig lowerdir+" if self._new_api else "mount(2)"),
+            ("Mount Options", ",".join(self._mount_options)),
+            ("Max Depth", str(self.max_lowers)),
+            ("Quota", quota_text),
+            ("Layers", str(len(self._layer_names()))),
+            ("Runtime Directory", str(self.runroot)),
+        ]
+        return pairs
+
+    def get_metadata(self, id: str) -> dict[str, str]:
+        """WorkDir, MergedDir, UpperDir and (with a parent) LowerDir, as Docker reports them."""
+        path = self._existing_dir(id)
+        meta = {
+            "WorkDir": str(path / "work"),
+            "MergedDir": str(path / "merged"),
+            "UpperDir": str(self._diff_dir(id)),
+        }
+        lowers = self._lower_dirs(path)
+        if lowers:
+            meta["LowerDir"] = ":".join(str(p) for p in lowers)
+        return meta
+
+    # -- views ----------------------------------------------------------------------
+
+    def _mount_spec(self, id: str, mount_label: str) -> Mount:
+        path = self._existing_dir(id)
+        lower = read_lower(path)
+        diff = self._diff_dir(id)
+        if lower is None:
+            return Mount(type="direct", source=str(diff), target=diff)
+        self._ensure_chain_images(self._chain(path))  # size-limited parents, after a reboot
+        options = list(self._mount_options)
+        if (path / "committed").exists():
+            options.append("lowerdir=" + ":".join([f"{LINK_DIR}/{read_link(path)}", *lower]))
+        else:
+            options.append("lowerdir=" + ":".join(lower))
+            options += [f"upperdir={id}/diff", f"workdir={id}/work"]
+        if mount_label:
+            options.append(f"context={mount_label}")
+        if not self._new_api:
+            if any(c in id for c in ",:\\"):
+                raise InvalidArgumentError(f"layer id {id!r} cannot be given to mount(2)")
+            size = len(",".join(options).encode())
+            if size >= os.sysconf("SC_PAGESIZE"):
+                raise MaxDepthError(
+                    f"cannot mount layer {id}: {len(lower)} lower layers need {size} bytes of "
+                    "mount options, more than one page (this kernel lacks lowerdir+)"
+                )
+        return Mount("overlay", "overlay", path / "merged", tuple(options), cwd=self._root)
+
+    def get(self, id: str, mount_label: str = "") -> Path:
+        """Root of the layer's view; with ``detached_views`` the hold outlives this process."""
+        if not self._detached:
+            return super().get(id, mount_label)
+        spec = self._mount_spec(id, mount_label)
+        if not spec.is_direct:
+            self._store.acquire(
+                str(spec.target),
+                lambda: self._do_mount(spec),
+                lambda: self._do_unmount(spec),
+                holder=DETACHED,
+            )
+        return spec.target
+
+    def put(self, id: str) -> None:
+        """Release one ``get``; with ``detached_views`` one detached hold, from any process."""
+        if not self._detached:
+            super().put(id)
+            return
+        path = self._existing_dir(id)
+        if read_lower(path) is None:
+            return  # a direct view: nothing was counted
+        spec = Mount("overlay", "overlay", path / "merged")
+        if self._store.release(str(spec.target), lambda: self._do_unmount(spec), DETACHED) < 0:
+            raise InUseError(f"put of {id!r} without a matching get")
+
+    def _do_mount(self, spec: Mount) -> None:
+        os.makedirs(spec.target, mode=0o700, exist_ok=True)
+        try:
+            mount_spec(spec, new_api=self._new_api)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.rmdir(spec.target)
+            raise _mount_error(exc, f"cannot mount {spec.target}") from exc
+
+    def _do_unmount(self, spec: Mount) -> None:
+        try:
+            umount(spec.target, MNT_DETACH)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOENT):
+                raise StateError(
+                    f"cannot unmount {spec.target}: {exc.strerror}", errno=exc.errno
+                ) from exc
+        with contextlib.suppress(OSError):
+            os.rmdir(spec.target)
+
+    def _view_mounts(self) -> list[str]:
+        """Overlay views mounted at ``home/<id>/merged`` (whoever mounted them)."""
+        found = []
+        for m in mounts_below(self._root):
+            rel = Path(os.path.relpath(m.mountpoint, self._root)).parts
+            if len(rel) == 2 and rel[1] == "merged" and is_layer_name(rel[0]):
+                found.append(m.mountpoint)
+        return found
+
+    def _reconcile(self) -> list[str]:
+        """Drop crashed holders and unmount the views nobody alive holds."""
+
+        def unmount(target: str) -> None:
+            with contextlib.suppress(OSError):
+                umount(target, MNT_DETACH)
+            with contextlib.suppress(OSError):
+                os.rmdir(target)
+
+        return self._store.reconcile(self._view_mounts(), unmount)
+
+    def cleanup(self) -> None:
+        """Release this process's views and all detached ones, unmount leaks, sweep leftovers.
+
+        Views held by other live processes stay.  Leftovers: half-built
+        layers in ``.staging``, half-removed ones in ``.removing`` (both only
+        when the process that made them is gone), interrupted ``apply_diff``
+        directories, dangling or missing short links.  Quota images are
+        unmounted too when no process holds any view; they are mounted again
+        on demand.
+        """
+        super().cleanup()
+        with self._lock:
+            in_flight = set(self._in_flight)
+        with self._store.locked() as table:
+            for holders in table.values():
+                holders.pop(DETACHED, None)
+            self._reconcile()
+            for area in (self._staging, self._removing):
+                try:
+                    names = os.listdir(area)
+                except FileNotFoundError:
+                    continue
+                for name in names:
+                    if name in in_flight or made_by_other_live_process(name):
+                        continue
+                    self._discard(area / name)
+            self._repair_links(in_flight)
+            for name in self._layer_names():
+                self._sweep_layer(self._root / name, in_flight)
+            if not self._store.counts():
+                for name in self._layer_names():
+                    unmount_image(self._root / name / "quota")
+
+    def _repair_links(self, in_flight: set[str]) -> None:
+        building = (
+            {n.rsplit(".", 2)[0] for n in os.listdir(self._staging)}
+            if (self._staging.is_dir())
+            else set()
+        )
+        for entry in os.scandir(self._links):
+            if not entry.is_symlink():
+                continue
+            target = os.readlink(entry.path)
+            owner = Path(target).parent.name
+            if owner in building:
+                continue
+            if not os.path.lexists(self._root / owner):
+                os.unlink(entry.path)
+        for name in self._layer_names():
+            try:
+                link = read_link(self._root / name)
+            except StateError:
+                continue
+            if not os.path.lexists(self._links / link):
+                os.symlink(f"../{name}/diff", self._links / link)
+
+    def _sweep_layer(self, path: Path, in_flight: set[str]) -> None:
+        for parent in (path, path / "quota"):
+            try:
+                names = os.listdir(parent)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for name in names:
+                if (
+                    name.startswith(".apply.")
+                    and name not in in_flight
+                    and not made_by_other_live_process(name)
+                ):
+                    remove_tree(parent / name)
+
+    # -- diffs -------------------------------------------------------------------------
+
+    def _probe(self) -> NativeDiffProbe:
+        if self._native_probe is None:
+            self._native_probe = probe_native_diff(
+                self._root, self._mount_options, self.runroot / "native-diff.json"
+            )
+        return self._native_probe
+
+    def _use_native(self) -> bool:
+        """Whether diffs may be read from upper directories on this kernel."""
+        if self._native_mode == "false":
+            return False
+        return self._probe().native
+
+    def _is_parent(self, id: str, parent: str | None) -> bool:
+        """Whether ``parent`` is the layer's real parent (None: it has none)."""
+        lower = read_lower(self._existing_dir(id))
+        if not parent:
+            return lower is None
+        if not lower:
+            return False
+        return lower[0] == f"{LINK_DIR}/{read_link(self._existing_dir(parent))}"
+
+    def _native(self, id: str, parent: str | None) -> bool:
+        return self._use_native() and self._is_parent(id, parent)
+
+    def diff(self, id: str, parent: str | None = None) -> BinaryIO:
+        """Tar of ``diff/`` with overlay whiteouts turned into ``.wh.`` entries (native)."""
+        if not self._native(id, parent):
+            return super().diff(id, parent)
+        return archive.export_tree(self._diff_dir(id), whiteouts=archive.WhiteoutFormat.OVERLAY)
+
+    def changes(self, id: str, parent: str | None = None) -> list[Change]:
+        """Changes read from ``diff/`` against the lower chain (native), sorted."""
+        if not self._native(id, parent):
+            return super().changes(id, parent)
+        path = self._existing_dir(id)
+        return overlay_changes(self._diff_dir(id), self._lower_dirs(path))
+
+    def diff_size(self, id: str, parent: str | None = None) -> int:
+        """``du`` of ``diff/`` (native, as overlay2), else the naive changes' size."""
+        if not self._native(id, parent):
+            return super().diff_size(id, parent)
+        return upper_size(self._diff_dir(id))
+
+    def apply_diff(self, id: str, parent: str | None, diff: BinaryIO) -> int:
+        """Extract a layer tar into ``diff/`` with overlay whiteouts (native), no mount.
+
+        A layer whose ``diff/`` is empty and unmounted is filled in a
+        sibling directory that replaces ``diff/`` in one rename, so a failed
+        or interrupted apply leaves the layer as it was.  Returns the size
+        the archive engine reports (the sum of the entries' sizes).
+        """
+        if not self._native(id, parent):
+            return super().apply_diff(id, parent, diff)
+        diff_dir = self._diff_dir(id)
+        options = archive.ApplyOptions(whiteouts=archive.WhiteoutFormat.OVERLAY)
+        in_use = self._mounter.count(id) > 0 or bool(
+            self._store.holders(str(self._dir(id) / "merged"))
+        )
+        if in_use or any(True for _ in os.scandir(diff_dir)):
+            return archive.apply_layer(diff, diff_dir, options)
+        stage = make_staging_dir(diff_dir.parent, ".apply", 0o755)
+        with self._lock:
+            self._in_flight.add(stage.name)
+        try:
+            st = os.lstat(diff_dir)
+            os.chown(stage, st.st_uid, st.st_gid)
+            os.chmod(stage, stat.S_IMODE(st.st_mode))
+            size = archive.apply_layer(diff, stage, options)
+            os.rename(stage, diff_dir)
+            return size
+        except BaseException:
+            remove_tree(stage)
+            raise
+        finally:
+            with self._lock:
+                self._in_flight.discard(stage.name)
+
+    def diff_getter(self, id: str) -> FileGetter:
+        """Files by tar entry name from ``diff/`` and then the lower chain; no mount."""
+        path = self._existing_dir(id)
+        return _OverlayFileGetter([self._diff_dir(id), *self._lower_dirs(path)], id)
+
+    def views(self) -> dict[str, int]:
+        """Mounted views and how many processes hold each (for diagnostics and tests)."""
+        return self._store.counts()
+
+    def mounted_views(self) -> list[str]:
+        """Overlay views under ``home`` that the kernel has mounted right now."""
+        return self._view_mounts()

@@ -1,0 +1,177 @@
+"""Size limits: loop-mounted filesystem images and XFS project quotas (as root)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lamina._fs import _quota as quota_module
+from lamina._fs._mount import is_mountpoint, mount, umount
+from lamina._fs._quota import (
+    ProjectQuota,
+    _attach_loop,
+    create_image,
+    image_is_mounted,
+    mount_image,
+    unmount_image,
+)
+from lamina.errors import QuotaNotSupportedError
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: loop devices, mounts")
+
+MIB = 1 << 20
+
+
+def _loop_backing_files() -> list[str]:
+    """Backing files of every attached loop device, from sysfs."""
+    found = []
+    for path in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            found.append(path.read_text().strip())
+        except OSError:
+            continue
+    return found
+
+
+def _write(path: Path, size: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        left = size
+        while left:
+            left -= os.write(fd, b"\xa5" * min(MIB, left))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _ioc(direction: int, kind: str, nr: int, size: int) -> int:
+    return (direction << 30) | (size << 16) | (ord(kind) << 8) | nr
+
+
+def test_kernel_structures_have_the_uapi_sizes() -> None:
+    """The layouts the kernel headers give (linux/dqblk_xfs.h, linux/fs.h, linux/loop.h)."""
+    assert quota_module._DQUOT.size == 112  # struct fs_disk_quota
+    assert quota_module._FSXATTR.size == 28  # struct fsxattr
+    assert quota_module._LOOP_CONFIG.size == 304  # struct loop_config
+    assert _ioc(2, "X", 31, 28) == quota_module._FS_IOC_FSGETXATTR  # _IOR
+    assert _ioc(1, "X", 32, 28) == quota_module._FS_IOC_FSSETXATTR  # _IOW
+    assert (ord("X") << 8) + 4 == quota_module._Q_XSETQLIM
+    assert (ord("X") << 8) + 5 == quota_module._Q_XGETQSTAT
+    # the hard limit lands in d_blk_hardlimit (offset 8) in 512-byte blocks
+    packed = quota_module._DQUOT.pack(1, 2, 12, 77, 100, 100, *([0] * 18), b"")
+    assert int.from_bytes(packed[8:16], "little") == 100
+    assert int.from_bytes(packed[4:8], "little") == 77
+
+
+@root_only
+def test_image_limits_writes_and_unmount_releases_the_loop_device(tmp_path: Path) -> None:
+    if not os.path.exists("/dev/loop-control"):
+        pytest.skip("no /dev/loop-control")
+    image, mnt = tmp_path / "layer.img", tmp_path / "mnt"
+    mnt.mkdir()
+    create_image(image, 20 * MIB)
+    assert image.stat().st_size == 20 * MIB
+    assert image.stat().st_blocks * 512 < 20 * MIB  # sparse
+    mount_image(image, mnt)
+    try:
+        assert image_is_mounted(mnt)
+        assert str(image) in _loop_backing_files()
+        _write(mnt / "fits", 10 * MIB)
+        with pytest.raises(OSError) as info:
+            _write(mnt / "too-big", 20 * MIB)
+        assert info.value.errno == errno.ENOSPC
+    finally:
+        unmount_image(mnt)
+    assert not image_is_mounted(mnt)
+    assert str(image) not in _loop_backing_files()  # autoclear: nothing to detach
+    mount_image(image, mnt)  # the data is in the image, mountable again
+    try:
+        assert (mnt / "fits").stat().st_size == 10 * MIB
+    finally:
+        unmount_image(mnt)
+    unmount_image(mnt)  # not mounted: fine
+
+
+@root_only
+def test_image_is_never_overwritten(tmp_path: Path) -> None:
+    (tmp_path / "x.img").write_bytes(b"precious")
+    with pytest.raises(FileExistsError):
+        create_image(tmp_path / "x.img", 8 * MIB)
+    assert (tmp_path / "x.img").read_bytes() == b"precious"
+
+
+@root_only
+def test_loop_device_is_cleared_when_the_mount_fails(tmp_path: Path) -> None:
+    if not os.path.exists("/dev/loop-control"):
+        pytest.skip("no /dev/loop-control")
+    junk = tmp_path / "junk.img"
+    junk.write_bytes(b"\0" * MIB)  # no filesystem in it
+    (tmp_path / "mnt").mkdir()
+    with pytest.raises(OSError):
+        mount_image(junk, tmp_path / "mnt")
+    assert str(junk) not in _loop_backing_files()
+
+
+@root_only
+def test_project_quota_refused_where_not_enforced(tmp_path: Path) -> None:
+    with pytest.raises(QuotaNotSupportedError):
+        ProjectQuota(tmp_path)
+
+
+@pytest.fixture
+def xfs_pquota(tmp_path: Path) -> Iterator[Path]:
+    """A fresh XFS mounted with pquota, or a skip saying why there is none."""
+    mkfs = shutil.which("mkfs.xfs")
+    if mkfs is None:
+        pytest.skip("mkfs.xfs not installed (apt-get install xfsprogs)")
+    image, mnt = tmp_path / "xfs.img", tmp_path / "xfs"
+    mnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(320 * MIB)  # mkfs.xfs refuses less than 300 MB
+    subprocess.run([mkfs, "-q", "-f", str(image)], check=True)
+    loop, device = _attach_loop(image)
+    try:
+        try:
+            mount(device, mnt, "xfs", 0, "pquota")
+        except OSError as exc:
+            pytest.skip(
+                f"cannot mount XFS with pquota ({exc.strerror}): "
+                "this kernel lacks XFS quota support (CONFIG_XFS_QUOTA)"
+            )
+    finally:
+        os.close(loop)
+    try:
+        yield mnt
+    finally:
+        while is_mountpoint(mnt):
+            umount(mnt)
+
+
+@root_only
+def test_project_quota_limits_a_directory(xfs_pquota: Path) -> None:
+    try:
+        quota = ProjectQuota(xfs_pquota)
+    except QuotaNotSupportedError as exc:
+        pytest.skip(f"project quota not available: {exc}")
+    a, b = xfs_pquota / "a", xfs_pquota / "b"
+    a.mkdir()
+    b.mkdir()
+    pa = quota.set_quota(a, 20 * MIB)
+    pb = quota.set_quota(b, 10 * MIB)
+    assert pa != pb and quota.base_project not in (pa, pb)
+    assert quota.set_quota(a, 20 * MIB) == pa  # idempotent per directory
+    (a / "sub").mkdir()  # inherits the project
+    _write(a / "sub" / "fits", 10 * MIB)
+    with pytest.raises(OSError) as info:
+        _write(a / "sub" / "too-big", 20 * MIB)
+    assert info.value.errno in (errno.EDQUOT, errno.ENOSPC)
+    usage = quota.usage(a)
+    assert usage.limit == 20 * MIB
+    assert usage.used >= 10 * MIB
+    _write(b / "fits", 5 * MIB)  # b has its own budget
