@@ -2,10 +2,12 @@
 
 Confinement.  Every entry name is split into plain components (``..`` that
 would climb above the root is refused) and its parent directory is reached
-beneath the root's descriptor without following any symlink: by one
-``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`` call where the kernel has
-it (Linux >= 5.6, the default), else by opening one component at a time with
-``O_NOFOLLOW | O_DIRECTORY`` (the fallback; the rule is the same).  An entry
+beneath the root's descriptor without following any symlink.  Where the
+kernel has ``openat2`` (Linux >= 5.6) a parent two or more levels below a
+cached directory is opened with one ``openat2(RESOLVE_BENEATH |
+RESOLVE_NO_SYMLINKS)`` call (the default); otherwise, and for a single
+level, one component at a time with ``O_NOFOLLOW | O_DIRECTORY`` (the
+fallback: the same rule, enforced by us instead of the kernel).  An entry
 that would write through a symlink on disk is refused with
 :class:`~lamina.errors.UnsafeArchiveError`, and every create, link, chown,
 chmod and utime is relative to that parent descriptor.  Hardlink targets
@@ -22,11 +24,12 @@ and the cache is trimmed only between entries, so none is closed while an
 entry still uses it.  Trees are removed iteratively with a bounded number
 of descriptors, whatever their depth.
 
-Input.  The stream is decompressed here (never by a tool from the layer)
-and read to its end, so a compressed stream's checksum is verified.  A
-compressed layer must contain the tar end-of-archive marker: zstd streams
-cut short end without an error, and the marker is what tells a complete
-layer from a truncated one.  Plain tars may omit it, as Go's reader allows.
+Input.  The stream is decompressed here, never by a tool from the layer.
+It is read on past the tar's end-of-archive marker (up to 8 MiB) to its
+end, so a compressed stream's trailer and checksum are verified, and a
+compressed layer must contain that marker: a zstd stream cut short ends
+without an error, and the marker is what tells a complete layer from a
+truncated one.  Plain tars may omit it, as Go's reader allows.
 
 Semantics follow Docker's ``UnpackLayer`` and the OCI layer spec: an
 existing entry is replaced unless both are directories (then merged);
@@ -87,9 +90,11 @@ __all__ = ["ApplyOptions", "apply_layer"]
 _DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 20
+_MAX_TAIL = 8 << 20  # bytes read after the end-of-archive marker, at most
 _MAX_CACHED_DIRS = 512
-#: Resolve uncached parents with openat2 (one call) instead of a per-component walk.
-#: Turned off for good, process-wide, the first time the kernel refuses the call.
+#: Resolve uncached parents two or more levels below a cached one with one
+#: openat2 call instead of a per-component walk (the default where the kernel has
+#: it).  Turned off for good, process-wide, the first time the kernel refuses it.
 use_openat2 = _openat2.AVAILABLE
 _PRIVATE_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 
@@ -121,7 +126,10 @@ def apply_layer(
 ) -> int:
     """Extract a layer tar (plain, gzip or zstd) into ``dest``; returns Docker's layer size."""
     opts = options or ApplyOptions()
-    plain, compression = open_decompressed(stream, limit=opts.max_bytes)
+    try:
+        plain, compression = open_decompressed(stream, limit=opts.max_bytes)
+    except OSError as exc:  # the caller's stream failed on its first read
+        raise ArchiveError(f"reading the layer failed: {exc}", errno=exc.errno) from exc
     try:
         applier = _Applier(os.fspath(dest), opts)
         try:
@@ -131,14 +139,24 @@ def apply_layer(
                 raise InvalidArchiveError(
                     "truncated layer: the compressed stream ended before the tar's end marker"
                 )
-            while plain.read(_CHUNK):
-                pass  # to the end: the decoder checks the stream's trailer and checksum
+            # Read on to the end, so a decoder checks the stream's trailer and checksum;
+            # a real tar has at most a blocking record of zeros after its end marker,
+            # so a long tail is not decoded just to be thrown away.
+            tail = 0
+            while tail < _MAX_TAIL and (chunk := plain.read(_CHUNK)):
+                tail += len(chunk)
             return size
         except LaminaError:
             raise
         except OSError as exc:
             if exc.errno == errno.ENAMETOOLONG:
                 raise InvalidArchiveError(f"name too long: {exc}", errno=exc.errno) from exc
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                what = "no space left" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+                raise ArchiveError(
+                    f"applying layer failed: {what} on the layer's filesystem ({exc})",
+                    errno=exc.errno,
+                ) from exc
             raise ArchiveError(f"applying layer failed: {exc}", errno=exc.errno) from exc
         finally:
             applier.close()
@@ -190,39 +208,10 @@ class _Applier:
         depth = len(parts) - 1
         if depth == 0:
             return self.root_fd, self.root_setgid
-        key = "/".join(parts[:depth])
-        hit = self.dirs.get(key)
+        hit = self.dirs.get("/".join(parts[:depth]))
         if hit is not None:
             return hit
-        if use_openat2:
-            try:
-                fd = _openat2.open_dir_beneath(self.root_fd, key)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
-                    raise UnsafeArchiveError(
-                        f"{'/'.join(parts)}: a component of {key} is not a directory "
-                        "(symlinks on disk are never followed)"
-                    ) from exc
-                if exc.errno == errno.ENOENT and not create:
-                    raise FileNotFoundError(exc.errno, exc.strerror, key) from None
-                if exc.errno in (errno.ENOSYS, errno.EPERM):
-                    _disable_openat2()
-                elif exc.errno not in (errno.ENOENT, errno.EAGAIN, errno.ENAMETOOLONG):
-                    raise
-                # missing parents to create, a racing rename, a path over PATH_MAX: walk
-            else:
-                setgid = bool(os.fstat(fd).st_mode & stat.S_ISGID)
-                self.dirs[key] = (fd, setgid)
-                return fd, setgid
-        return self._walk(parts, depth, create)
-
-    def _walk(self, parts: list[str], depth: int, create: bool) -> tuple[int, bool]:
-        """Open ``parts[:depth]`` one component at a time with ``O_NOFOLLOW``.
-
-        Starts from the deepest cached ancestor.  Intermediate directories are
-        cached while the cache has room, else closed as soon as the next one is
-        open, so a 10,000-deep name never holds 10,000 descriptors.
-        """
+        # a miss: start from the deepest cached ancestor
         start = depth - 1
         fd, setgid = self.root_fd, self.root_setgid
         while start > 0:
@@ -231,6 +220,39 @@ class _Applier:
                 fd, setgid = anc
                 break
             start -= 1
+        if use_openat2 and depth - start > 1:
+            # two or more components: one openat2 beats a walk (one component: the walk wins)
+            rest = "/".join(parts[start:depth])
+            try:
+                nfd = _openat2.open_dir_beneath(fd, rest)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
+                    raise UnsafeArchiveError(
+                        f"{'/'.join(parts)}: a component of {rest} is not a directory "
+                        "(symlinks on disk are never followed)"
+                    ) from exc
+                if exc.errno == errno.ENOENT and not create:
+                    raise FileNotFoundError(exc.errno, exc.strerror, rest) from None
+                if exc.errno in (errno.ENOSYS, errno.EPERM):
+                    _disable_openat2()
+                elif exc.errno not in (errno.ENOENT, errno.EAGAIN, errno.ENAMETOOLONG):
+                    raise
+                # missing parents to create, a racing rename, a path over PATH_MAX: walk
+            else:
+                setgid = bool(os.fstat(nfd).st_mode & stat.S_ISGID)
+                self.dirs["/".join(parts[:depth])] = (nfd, setgid)
+                return nfd, setgid
+        return self._walk(parts, start, depth, fd, setgid, create)
+
+    def _walk(
+        self, parts: list[str], start: int, depth: int, fd: int, setgid: bool, create: bool
+    ) -> tuple[int, bool]:
+        """Open ``parts[start:depth]`` below ``fd`` one component at a time with ``O_NOFOLLOW``.
+
+        Intermediate directories are cached while the cache has room, else
+        closed as soon as the next one is open, so a 10,000-deep name never
+        holds 10,000 descriptors.
+        """
         uncached = -1  # the previous level's descriptor when it was not cached
         try:
             for i in range(start, depth):
@@ -547,7 +569,11 @@ class _Applier:
             ) from None
         target = target_parts[-1]
         if target_path == path:
-            return  # a link to itself: nothing to do
+            try:  # a link to itself: nothing to do, if it exists
+                os.stat(target, dir_fd=target_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                raise InvalidArchiveError(f"{entry.name}: hardlink to itself, missing") from None
+            return
 
         def make() -> None:
             os.link(target, name, src_dir_fd=target_fd, dst_dir_fd=parent_fd, follow_symlinks=False)
@@ -618,6 +644,12 @@ def _rmtree_at(parent_fd: int, name: str) -> None:
     layer's 10,000-deep tree overflows the interpreter's stack.)  Unprivileged,
     directories are made writable first, as their owner may.
     """
+    try:
+        os.rmdir(name, dir_fd=parent_fd)  # empty: one call
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EACCES, errno.EPERM):
+            raise
     unprivileged = os.geteuid() != 0
     top = _open_for_removal(parent_fd, name, unprivileged)
     try:

@@ -338,6 +338,7 @@ class TarReader:
             typeflag = TYPE_REG
         if typeflag == TYPE_REG and raw_name.endswith(b"/") and not block[156]:
             typeflag = TYPE_DIR  # old tars: a "regular" entry named like a directory
+        mtime = _number(block[136:148], "mtime")  # out of range: the epoch, as in _time_ns
         entry = TarEntry(
             name=_decode(raw_name),
             type=typeflag,
@@ -345,7 +346,7 @@ class TarReader:
             uid=_number(block[108:116], "uid"),
             gid=_number(block[116:124], "gid"),
             size=size,
-            mtime_ns=_time_ns(_number(block[136:148], "mtime")),
+            mtime_ns=mtime * 1_000_000_000 if -_MAX_SECONDS <= mtime <= _MAX_SECONDS else 0,
             linkname=_decode(raw_link),
             devmajor=_number(block[329:337], "devmajor") if typeflag in "34" else 0,
             devminor=_number(block[337:345], "devminor") if typeflag in "34" else 0,
