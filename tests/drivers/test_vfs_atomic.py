@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import signal
@@ -11,11 +12,12 @@ import tarfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lamina import drivers
-from lamina.errors import LaminaError, StateError
+from lamina.errors import ArchiveError, LaminaError, StateError
 
 
 def _tar(files: dict[str, bytes], *, bad_tail: bool = False) -> bytes:
@@ -134,3 +136,21 @@ def test_kill_during_apply_then_cleanup_rolls_back(tmp_path: Path, fresh: bool) 
     with d2.mounted("child") as root:
         assert _snapshot(root) == expected
     assert os.listdir(tmp_path / "vfs" / "staging") == []
+
+
+def test_disk_full_rolls_back_and_a_retry_that_fits_works(mount_fs: Any) -> None:
+    small = mount_fs("ext4", 16)
+    d = drivers.new_driver("vfs", small / "store")
+    d.create("base")
+    d.apply_diff("base", None, io.BytesIO(_tar({"etc/os": b"base"})))
+    d.create("child", "base")
+    too_big = _tar({f"blob{i}": os.urandom(1 << 20) for i in range(24)})  # 24 MiB into 16
+    with pytest.raises(ArchiveError) as info:
+        d.apply_diff("child", "base", io.BytesIO(too_big))
+    assert info.value.errno in (errno.ENOSPC, errno.EDQUOT)
+    with d.mounted("child") as root:
+        assert sorted(os.listdir(root)) == ["etc"]  # as before the call: the parent's tree
+    assert os.listdir(small / "store" / "vfs" / "staging") == []
+    d.apply_diff("child", "base", io.BytesIO(_tar({"fits": b"f" * 4096})))
+    with d.mounted("child") as root:
+        assert (root / "fits").stat().st_size == 4096
