@@ -12,7 +12,7 @@ from lamina.drivers.conformance import make_conformance_tests
 
 _IMAGE_VIEWS = (
     "writes files into get() of image layers made with create(); windowsfilter image layers "
-    "are filled only by apply_diff (their view is a materialised merge of the chain)"
+    "are filled only by apply_diff (their view is a read-only merge of the chain)"
 )
 
 globals().update(

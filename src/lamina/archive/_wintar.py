@@ -56,9 +56,11 @@ __all__ = [
     "classify",
     "filetime_to_ns",
     "format_pax_time",
+    "linux_symlink_target",
     "ns_to_filetime",
     "stream_header",
     "whiteout_header",
+    "windows_link_target",
 ]
 
 FILE_ATTRIBUTE_READONLY = 0x1
@@ -494,6 +496,31 @@ def whiteout_header(path: str) -> GoHeader:
     )
 
 
+# -- link targets ------------------------------------------------------------------------
+
+
+def linux_symlink_target(target: str) -> str:
+    """Where a Windows symlink or junction points, as a Linux symlink target.
+
+    Backslashes become slashes and an NT (``\\??\\``) or drive prefix is
+    dropped, so ``C:\\Users`` points at ``/Users`` of the merged tree; the
+    exact Windows target is kept in the layer's metadata.
+    """
+    t = target.replace("\\", "/")
+    if t.startswith("/??/"):
+        t = t[4:]
+    if len(t) >= 2 and t[1] == ":" and t[0].isalpha():
+        t = t[2:] or "/"
+    return t
+
+
+def windows_link_target(target: str) -> str:
+    """A Linux symlink target as Windows writes one (``C:\\x`` or ``..\\x``)."""
+    if target.startswith("/"):
+        return "C:" + target.replace("/", "\\")
+    return target.replace("/", "\\")
+
+
 # -- reading entries ---------------------------------------------------------------------
 
 
@@ -687,12 +714,37 @@ class LayerValidator:
       only legal under ``Files/`` and ``UtilityVM/Files/`` (their directory
       need not be in the tar: Windows removes them after the import);
     * nothing may be created beneath a symlink or a file.
+
+    A non-base layer that touches ``UtilityVM`` starts from a clone of its
+    parent's utility VM (hcsshim's ``initUtilityVM``); the writer declares
+    the cloned paths with :meth:`inherit`, after which tar entries may be
+    created inside cloned directories and may replace cloned paths.
     """
 
     def __init__(self, *, base_layer: bool) -> None:
         self.base_layer = base_layer
         self._kinds: dict[str, EntryKind] = {}
+        self._inherited: dict[str, EntryKind] = {}
         self._last_main: WinEntry | None = None
+
+    def inherit(self, path: str, kind: EntryKind) -> None:
+        """Declare ``path`` present before this layer's entries (a cloned utility VM)."""
+        self._inherited[fold(path)] = kind
+
+    def forget(self, path: str) -> None:
+        """``path`` and what is below it were removed while importing.
+
+        Cloned paths are forgotten; this layer's own entries stay known (a
+        name still appears once per tar) but no longer count as directories.
+        """
+        key = fold(path)
+        prefix = key + "/"
+        for known in list(self._inherited):
+            if known == key or known.startswith(prefix):
+                del self._inherited[known]
+        for known, kind in self._kinds.items():
+            if (known == key or known.startswith(prefix)) and kind is EntryKind.DIR:
+                self._kinds[known] = EntryKind.WHITEOUT
 
     def seen(self, path: str) -> EntryKind | None:
         """The kind of entry this layer created at ``path``, if any."""
@@ -737,7 +789,7 @@ class LayerValidator:
         self._kinds[key] = entry.kind
 
     def _need_dir(self, parent: str, name: str) -> None:
-        kind = self._kinds.get(fold(parent))
+        kind = self._kinds.get(fold(parent)) or self._inherited.get(fold(parent))
         if kind is None:
             raise InvalidArchiveError(f"{name}: its directory {parent!r} must come first")
         if kind is not EntryKind.DIR:

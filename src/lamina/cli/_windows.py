@@ -115,21 +115,21 @@ def ls_command(layer: str, as_json: bool) -> None:
       lamina windows ls layer.tar.gz
       D--    0 O:BAG:SYD:PAI(A;OICI;FA;;;BA)  Files/Windows
     """
-    stream = _open_input(layer)
-    reader = RawTarReader(stream)
-    while (hdr := reader.next()) is not None:
-        reader.skip()
-        info = _describe(classify(hdr))
-        if as_json:
-            click.echo(json.dumps(info, ensure_ascii=False))
-            continue
-        extra = f" -> {info['target']}" if "target" in info else ""
-        if info.get("junction"):
-            extra += " [junction]"
-        click.echo(
-            f"{info['kind']:<8} {info['attribute_letters']:<6} {entry_size(info):>10} "
-            f"{info.get('sddl', '-')}  {info['name']}{extra}"
-        )
+    with _open_input(layer) as stream:
+        reader = RawTarReader(stream)
+        while (hdr := reader.next()) is not None:
+            reader.skip()
+            info = _describe(classify(hdr))
+            if as_json:
+                click.echo(json.dumps(info, ensure_ascii=False))
+                continue
+            extra = f" -> {info['target']}" if "target" in info else ""
+            if info.get("junction"):
+                extra += " [junction]"
+            click.echo(
+                f"{info['kind']:<8} {info['attribute_letters']:<6} {entry_size(info):>10} "
+                f"{info.get('sddl', '-')}  {info['name']}{extra}"
+            )
 
 
 def entry_size(info: dict[str, object]) -> str:
@@ -247,11 +247,11 @@ def convert_command(linux_layer: str, output: str, sddl: str) -> None:
     Example:
       lamina windows convert app-layer.tar.gz -o app-layer-windows.tar
     """
-    src = _open_input(linux_layer)
-    if output == "-":
-        warnings = convert_linux_layer(src, sys.stdout.buffer, sddl=sddl)
-    else:
-        with open(output, "wb") as out:
-            warnings = convert_linux_layer(src, out, sddl=sddl)
+    with _open_input(linux_layer) as src:
+        if output == "-":
+            warnings = convert_linux_layer(src, sys.stdout.buffer, sddl=sddl)
+        else:
+            with open(output, "wb") as out:
+                warnings = convert_linux_layer(src, out, sddl=sddl)
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)

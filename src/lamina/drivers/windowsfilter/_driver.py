@@ -18,8 +18,13 @@ Behaviour follows the seed (``reference/seed/windows.go``):
 * ``diff_getter`` serves ``bcd*.bak`` for the four UtilityVM BCD names and
   the layer folder's file for any other tar entry name, streams included;
 * ``get`` returns the merged ``Files`` tree of the chain: for an image
-  layer a materialised directory of hard links into the layers (read-only
-  by contract), for a sandbox its own writable tree;
+  layer a read-only overlay mount of the chain's ``Files`` folders when
+  running as root with kernel overlayfs and the overlay can show the
+  merge exactly (see :mod:`._overlay`), else a materialised directory of
+  hard links into the layers (read-only by contract); for a sandbox its
+  own writable tree.  The driver option ``windowsfilter.view`` picks
+  ``auto`` (the default), ``overlay`` (refuse a host without it) or
+  ``materialise``;
 * a ``parent`` of None for ``diff``/``changes``/``diff_size`` means the
   layer's own parent, as in the seed, which ignores the argument.
 
@@ -39,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
+import io
 import json
 import os
 import re
@@ -61,13 +67,16 @@ from lamina._fs import (
     exchange_dirs,
     made_by_other_live_process,
     make_staging_dir,
+    mount_spec,
     remove_tree,
     rename_noreplace,
+    unmount_below,
 )
 from lamina.archive._tarsplit import assemble, read_records
 from lamina.archive._wintar import MUTATED_FILES
 from lamina.drivers._base import Driver, FileGetter, StorageOpts, validate_id
 from lamina.drivers.windowsfilter import _layout
+from lamina.drivers.windowsfilter._confine import PARENT_PID_ENV
 from lamina.drivers.windowsfilter._export import PipeReader, generate_diff
 from lamina.drivers.windowsfilter._layout import LayerMeta
 from lamina.drivers.windowsfilter._merge import (
@@ -80,6 +89,11 @@ from lamina.drivers.windowsfilter._merge import (
     view_of_index,
     view_of_tree,
 )
+from lamina.drivers.windowsfilter._overlay import (
+    ensure_plans,
+    overlay_mount,
+    sweep_plan_leftovers,
+)
 from lamina.errors import (
     AlreadyExistsError,
     ArchiveError,
@@ -90,6 +104,7 @@ from lamina.errors import (
     InvalidArgumentError,
     LaminaError,
     NotFoundError,
+    PrerequisitesError,
     QuotaExceededError,
     QuotaNotSupportedError,
     StateError,
@@ -102,7 +117,10 @@ __all__ = ["DEFAULT_SANDBOX_SIZE", "WindowsFilterDriver", "parse_size"]
 DEFAULT_SANDBOX_SIZE = 127 * 1024**3
 NOREEXEC_ENV = "LAMINA_WINDOWSFILTER_NOREEXEC"
 _SANDBOX_OPTION = "windowsfilter.sandbox"
+_VIEW_OPTION = "windowsfilter.view"
+_VIEW_MODES = ("auto", "overlay", "materialise")
 _STAGING = ".lamina-staging"
+_MATERIALISED = "windowsfilter-view"
 _REMOVING = "-removing"
 #: Filesystems that cannot hold layer folders: they fold case (two Windows
 #: names differing in case are one file, but Linux tools see both), cannot
@@ -222,6 +240,9 @@ class WindowsFilterDriver(Driver):
         self.sandbox_mode = opts.pop(_SANDBOX_OPTION, "auto")
         if self.sandbox_mode not in ("auto", "dir", "loop"):
             raise InvalidArgumentError(f"{_SANDBOX_OPTION} must be auto, dir or loop")
+        self.view_mode = opts.pop(_VIEW_OPTION, "auto")
+        if self.view_mode not in _VIEW_MODES:
+            raise InvalidArgumentError(f"{_VIEW_OPTION} must be one of {', '.join(_VIEW_MODES)}")
         if opts:
             raise InvalidArgumentError(f"unknown option {sorted(opts)[0]} for windowsfilter")
         probe = home
@@ -233,6 +254,12 @@ class WindowsFilterDriver(Driver):
                 f"{home} is on a {self.backing_fs} filesystem - "
                 f"{self.backing_fs} volumes are not supported"
             )
+        #: Why image layer views are not overlays ("" while they may be).
+        self._overlay_off = f"{_VIEW_OPTION}=materialise"
+        if self.view_mode != "materialise":
+            self._overlay_off = _overlay_unavailable()
+            if self._overlay_off and self.view_mode == "overlay":
+                raise PrerequisitesError(f"{_VIEW_OPTION}=overlay: {self._overlay_off}")
         os.makedirs(home, mode=0o700, exist_ok=True)
         os.chmod(home, 0o700)
         super().__init__(home, options)
@@ -428,8 +455,7 @@ class WindowsFilterDriver(Driver):
         box = folder / _layout.SANDBOX_DIR
         if os.path.ismount(box):
             _sandbox.unmount_image(box)
-        view = folder / _layout.LAMINA_DIR / _layout.VIEW
-        remove_tree(view)
+        _clear_view(folder / _layout.LAMINA_DIR / _layout.VIEW)
         remove_tree(folder)
 
     def exists(self, id: str) -> bool:
@@ -446,6 +472,10 @@ class WindowsFilterDriver(Driver):
             ("Windows", ""),
             ("Backing Filesystem", self.backing_fs),
             ("Sandbox", self.sandbox_mode),
+            (
+                "Views",
+                "overlay" if not self._overlay_off else f"materialised ({self._overlay_off})",
+            ),
         ]
 
     def get_metadata(self, id: str) -> dict[str, str]:
@@ -468,8 +498,10 @@ class WindowsFilterDriver(Driver):
             path = self.home / name
             if name.endswith(_REMOVING) and path.is_dir():
                 self._destroy(path)
-            elif path.is_dir() and (path / _layout.LAMINA_DIR / _layout.VIEW).exists():
-                remove_tree(path / _layout.LAMINA_DIR / _layout.VIEW)
+            elif path.is_dir() and name != _STAGING:
+                if (path / _layout.LAMINA_DIR / _layout.VIEW).exists():
+                    _clear_view(path / _layout.LAMINA_DIR / _layout.VIEW)
+                sweep_plan_leftovers(path)
         staging = self.home / _STAGING
         try:
             leftovers = os.listdir(staging)
@@ -490,31 +522,60 @@ class WindowsFilterDriver(Driver):
             if meta.sandbox_backing == "loop":
                 return Mount("ext4", str(layer / _layout.SANDBOX_IMAGE), box, ("loop",))
             return Mount("direct", str(box), box)
-        return Mount("windowsfilter-view", id, layer / _layout.LAMINA_DIR / _layout.VIEW)
+        target = layer / _layout.LAMINA_DIR / _layout.VIEW
+        materialised = Mount(_MATERIALISED, id, target)
+        if self._overlay_off:
+            return materialised
+        layers = self._chain_layers(_layout.read_layer_chain(layer))
+        layers.append((layer, meta))
+        try:
+            exact, _, whiteouts = ensure_plans(layers)
+        except OSError as exc:
+            # e.g. no CAP_MKNOD for the whiteouts: this host cannot have overlay views
+            self._overlay_off = f"cannot write overlay whiteouts: {exc}"
+            return materialised
+        if not exact:
+            return materialised
+        spec = overlay_mount(self.home, [folder for folder, _ in layers], whiteouts, target)
+        return spec if spec is not None else materialised
 
     def _do_mount(self, mount: Mount) -> None:
         if mount.type == "ext4":
             _sandbox.mount_image(mount.source, mount.target)
             return
-        layer = self._dir(mount.source)
-        remove_tree(mount.target)
-        tmp = Path(f"{mount.target}.tmp")
+        _clear_view(mount.target)
+        if mount.type == "overlay":
+            os.mkdir(mount.target, 0o700)
+            try:
+                mount_spec(mount, readonly=True)
+                return
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.rmdir(mount.target)
+                if self.view_mode == "overlay":
+                    raise StateError(
+                        f"cannot mount the overlay view {mount.target}: {exc}", errno=exc.errno
+                    ) from exc
+                self._overlay_off = f"the kernel refused the overlay view: {exc}"
+        self._materialise(mount.target.parent.parent.name, mount.target)
+
+    def _materialise(self, rid: str, target: Path) -> None:
+        tmp = Path(f"{target}.tmp")
         remove_tree(tmp)
         os.mkdir(tmp, 0o755)
         try:
-            materialise(self._index_of(mount.source), tmp, copy=False)
-            os.rename(tmp, mount.target)
+            materialise(self._index_of(rid), tmp, copy=False)
+            os.rename(tmp, target)
         except BaseException:
             remove_tree(tmp)
             raise
-        del layer
 
     def _do_unmount(self, mount: Mount) -> None:
         if mount.type == "ext4":
             if os.path.ismount(mount.target):
                 _sandbox.unmount_image(mount.target)
             return
-        remove_tree(mount.target)
+        _clear_view(mount.target)
 
     def get(self, id: str, mount_label: str = "") -> Path:
         """The merged ``Files`` tree; every ``get`` needs a ``put``."""
@@ -567,6 +628,7 @@ class WindowsFilterDriver(Driver):
             os.chmod(staging, 0o755)
             size = self._import(stream, staging, parent_id, chain)
             _layout.write_layer_chain(staging, chain)
+            self._plan_overlay(staging, chain)
             if layer.exists():
                 if self._mounter.count(id):
                     raise InUseError(f"layer {id} is in use")
@@ -582,13 +644,29 @@ class WindowsFilterDriver(Driver):
             self._destroy(staging)
             raise
         finally:
+            stream.close()  # stops a decompressor thread; the caller's stream stays open
             with self._lock:
                 self._in_flight.discard(staging.name)
+
+    def _plan_overlay(self, staging: Path, chain: list[str]) -> None:
+        """Make the new layer's overlay whiteouts while its parents' index is at hand.
+
+        Best effort: without it the first ``get`` makes them (or
+        materialises, if this host cannot).
+        """
+        if self._overlay_off:
+            return
+        layers = self._chain_layers(chain)
+        layers.append((staging, _layout.read_meta(staging)))
+        with contextlib.suppress(OSError):
+            ensure_plans(layers)
 
     def _import(
         self, stream: BinaryIO, staging: Path, parent_id: str | None, chain: list[str]
     ) -> int:
         if os.environ.get(NOREEXEC_ENV):
+            # Imported here, not at the top: the helper runs this module as
+            # ``python -m``, and runpy warns when the package already imported it.
             from lamina.drivers.windowsfilter._import import load_parent, write_layer
 
             parents = [load_parent(p) for p in chain]
@@ -605,6 +683,7 @@ class WindowsFilterDriver(Driver):
         self, stream: BinaryIO, staging: Path, parent_id: str | None, chain: list[str]
     ) -> int:
         env = dict(os.environ)
+        env[PARENT_PID_ENV] = str(os.getpid())
         pkg_root = str(Path(lamina.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = pkg_root + (
             os.pathsep + env["PYTHONPATH"] if "PYTHONPATH" in env else ""
@@ -618,6 +697,8 @@ class WindowsFilterDriver(Driver):
             *chain,
         ]
         feed_error: list[BaseException] = []
+        # The helper asks for SIGKILL when its parent ends, and "parent" means
+        # the thread that starts it: start it from this thread, which waits.
         with tempfile.TemporaryFile() as errors:
             proc = subprocess.Popen(
                 argv,
@@ -755,8 +836,28 @@ class WindowsFilterDriver(Driver):
         return _Getter(layer, meta, None, None)
 
 
+def _overlay_unavailable() -> str:
+    """Why this process cannot mount overlay views ("" when it can try)."""
+    if not sys.platform.startswith("linux"):
+        return "overlayfs needs Linux"
+    if os.geteuid() != 0:
+        return "mounting overlayfs and making whiteouts needs root"
+    try:
+        with open("/proc/filesystems", encoding="ascii", errors="replace") as f:
+            if not any(line.split()[-1:] == ["overlay"] for line in f):
+                return "the kernel has no overlayfs (modprobe overlay)"
+    except OSError as exc:
+        return f"cannot read /proc/filesystems: {exc}"
+    return ""
+
+
+def _clear_view(path: Path) -> None:
+    """Detach whatever is mounted at a view (a crashed holder's overlay) and delete it."""
+    if os.path.lexists(path):
+        unmount_below(path)
+    remove_tree(path)
+
+
 def io_buffered(raw: PipeReader) -> BinaryIO:
     """A buffered reader over a pipe reader (``diff`` results are context managers)."""
-    import io
-
     return io.BufferedReader(raw, 1 << 20)

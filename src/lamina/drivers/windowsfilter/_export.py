@@ -35,12 +35,14 @@ from lamina.archive._wintar import (
     GoHeader,
     GoTarWriter,
     basic_info_header,
+    linux_symlink_target,
     stream_header,
     whiteout_header,
+    windows_link_target,
 )
 from lamina.drivers.windowsfilter._merge import ViewItem, stream_source, walk_order
 
-__all__ = ["DEFAULT_SECURITY_DESCRIPTOR", "PipeReader", "generate_diff", "windows_link_target"]
+__all__ = ["DEFAULT_SECURITY_DESCRIPTOR", "PipeReader", "generate_diff"]
 
 #: go-containerregistry's default for converted layers: owner and group
 #: BUILTIN\\Users, no DACL (``O:BUG:BU``).
@@ -52,13 +54,6 @@ DEFAULT_SECURITY_DESCRIPTOR = (
 def _ft(ns: int) -> int:
     """Truncate to FILETIME's 100 ns resolution, as NTFS would store it."""
     return ns - ns % 100
-
-
-def windows_link_target(target: str) -> str:
-    """A Linux symlink target as Windows writes one (``C:\\x`` or ``..\\x``)."""
-    if target.startswith("/"):
-        return "C:" + target.replace("/", "\\")
-    return target.replace("/", "\\")
 
 
 def _pax_of(entry: dict[str, Any] | None) -> dict[str, str]:
@@ -109,13 +104,11 @@ def _header(path: str, item: ViewItem) -> GoHeader:
         hdr.mode |= C_ISLNK
         hdr.size = 0
         if same_kind and entry is not None and entry["kind"] == "symlink":
-            from lamina.drivers.windowsfilter._import import _linux_symlink_target
-
             original = str(entry["linkname"])
             hdr.linkname = (
                 original
-                if _linux_symlink_target(original) == target
-                else (windows_link_target(target))
+                if linux_symlink_target(original) == target
+                else windows_link_target(target)
             )
             if PAX_MOUNTPOINT in pax:
                 hdr.pax_records[PAX_MOUNTPOINT] = pax[PAX_MOUNTPOINT]

@@ -2,10 +2,11 @@
 
 This is the seed's ``writeLayer``.  It runs in a helper process by default
 (``python -m lamina.drivers.windowsfilter._import``, the tar on standard
-input, like the seed's ``docker-windows-write-layer`` re-exec); as root the
-helper first opens the parent layers it may link from and then ``chroot``\\ s
-into the staging folder, so a bug in this code cannot write anywhere else.
-``LAMINA_WINDOWSFILTER_NOREEXEC=1`` runs it inline for debugging.
+input, like the seed's ``docker-windows-write-layer`` re-exec).  The helper
+dies with the driver's process, first opens the parent layers it may link
+from and then changes root into the staging folder and drops its
+privileges (:mod:`._confine`), so a bug in this code cannot write anywhere
+else.  ``LAMINA_WINDOWSFILTER_NOREEXEC=1`` runs it inline for debugging.
 
 Per entry, in tar order: validate (:mod:`lamina.archive._wintar`), record
 the raw framing as tar-split records, and materialise it:
@@ -19,7 +20,17 @@ the raw framing as tar-split records, and materialise it:
   parent layer (a link across layers is legal in Windows layers); a copy
   when the parent is on another filesystem;
 * an alternate data stream into ``.lamina/streams/``;
-* a deletion as a record only: the merged view hides what it names.
+* a deletion under ``Files/`` as a record only: the merged view hides what
+  it names.
+
+A layer with parents that touches ``UtilityVM`` does what hcsshim's
+importer does: Windows Server 2016 could not stack utility VMs, so the
+first ``UtilityVM`` entry (or deletion) clones the nearest parent's
+``UtilityVM/Files`` into the new layer — directories, symlinks and the BCD
+files as copies, other files as hard links — and the layer's own
+``UtilityVM`` entries then replace, or are added to, the clone; its
+deletions there remove from the clone at once (the path must exist), and
+its hard links to ``UtilityVM/Files/`` point into the clone.
 
 The original bytes of the UtilityVM BCD files are also written to
 ``bcd.bak`` & co., which ``diff_getter`` serves.
@@ -34,6 +45,7 @@ import json
 import os
 import posixpath
 import shutil
+import stat
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -42,20 +54,29 @@ from typing import Any, BinaryIO
 
 from lamina.archive._tarsplit import Checksum, Crc64, Packer, Record, dump_record
 from lamina.archive._wintar import (
+    FILE_ATTRIBUTE_DIRECTORY,
     MUTATED_FILES,
     EntryKind,
     LayerValidator,
     WinEntry,
     classify,
     fold,
+    linux_symlink_target,
 )
 from lamina.archive._wintar_reader import RawTarReader
 from lamina.drivers.windowsfilter import _layout
+from lamina.drivers.windowsfilter._confine import PARENT_PID_ENV, confine, die_with_parent
 from lamina.errors import InvalidArchiveError, LaminaError
 
 __all__ = ["ParentLayer", "load_parent", "main", "write_layer"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
+_UVM = "UtilityVM"
+_UVM_FILES = "UtilityVM/Files"
+
+
+def _in_utility_vm(name: str) -> bool:
+    return name == _UVM or name.startswith(_UVM + "/")
 
 
 @dataclass
@@ -63,6 +84,7 @@ class ParentLayer:
     """What the writer needs of a parent layer: its folder and its file names."""
 
     fd: int
+    path: str = ""
     files: dict[str, str] = field(default_factory=dict)  # folded name -> on-disk path
     deleted: set[str] = field(default_factory=set)  # folded deletion targets
 
@@ -70,7 +92,7 @@ class ParentLayer:
 def load_parent(path: str) -> ParentLayer:
     """Open a parent layer folder and index its files (before any chroot)."""
     fd = os.open(path, _DIR_FLAGS)
-    parent = ParentLayer(fd)
+    parent = ParentLayer(fd, path)
     try:
         meta = _layout.read_meta(Path(path))
     except LaminaError:
@@ -82,15 +104,6 @@ def load_parent(path: str) -> ParentLayer:
         elif kind == "whiteout":
             parent.deleted.add(fold(entry["target"]))
     return parent
-
-
-def _linux_symlink_target(target: str) -> str:
-    t = target.replace("\\", "/")
-    if t.startswith("/??/"):
-        t = t[4:]
-    if len(t) >= 2 and t[1] == ":" and t[0].isalpha():
-        t = t[2:] or "/"
-    return t
 
 
 def _open_dirs(root_fd: int, rel: str) -> int:
@@ -118,6 +131,7 @@ class _Writer:
         self.dir_times: list[tuple[str, int, int]] = []
         self.size = 0
         self.streams = 0
+        self.uvm_clone: str | None = None  # the parent whose utility VM was cloned
         os.mkdir(_layout.LAMINA_DIR, 0o700, dir_fd=root_fd)
         self.meta_fd = _open_dirs(root_fd, _layout.LAMINA_DIR)
         os.mkdir(_layout.STREAMS, 0o700, dir_fd=self.meta_fd)
@@ -213,6 +227,9 @@ class _Writer:
         kind = entry.kind
         atime = entry.atime_ns if entry.atime_ns is not None else entry.mtime_ns
         if kind is EntryKind.WHITEOUT:
+            if self.parents and _in_utility_vm(entry.target):
+                self._clone_utility_vm()
+                self._remove_from_clone(entry)
             self._record(entry, target=entry.target)
             return
         if kind is EntryKind.STREAM:
@@ -230,10 +247,16 @@ class _Writer:
                 os.close(fd)
             self._record(entry, owner=entry.stream_owner, stream=entry.stream_name, store=store)
             return
-        path = self.disk_path(entry.name)
+        kept = None
+        if self.parents and _in_utility_vm(entry.name):
+            self._clone_utility_vm()
+            kept = self._make_room(entry)
+        path = kept or self.disk_path(entry.name)
         if kind is EntryKind.DIR:
-            os.mkdir(path, 0o755, dir_fd=self.root_fd)
-            self.dir_times.append((path, atime, entry.mtime_ns))
+            if kept is None:
+                os.mkdir(path, 0o755, dir_fd=self.root_fd)
+            if not (self.parents and entry.name == _UVM):  # hcsshim only clones for this one
+                self.dir_times.append((path, atime, entry.mtime_ns))
         elif kind is EntryKind.FILE:
             fd = self._create_file(path)
             backup = None
@@ -255,16 +278,170 @@ class _Writer:
                     os.close(backup)
             self.size += entry.size
         elif kind is EntryKind.SYMLINK:
-            os.symlink(_linux_symlink_target(entry.linkname), path, dir_fd=self.root_fd)
+            os.symlink(linux_symlink_target(entry.linkname), path, dir_fd=self.root_fd)
             os.utime(path, ns=(atime, entry.mtime_ns), dir_fd=self.root_fd, follow_symlinks=False)
         elif kind is EntryKind.LINK:
             self._link(entry, path)
         self.paths[fold(entry.name)] = path
         self._record(entry, path=path)
 
+    # -- the utility VM of a layer with parents ------------------------------------------
+
+    def _clone_utility_vm(self) -> None:
+        """hcsshim's ``initUtilityVM``: start from a clone of the nearest parent's UVM."""
+        if self.uvm_clone is not None:
+            return
+        parent = self.parents[0]
+        try:
+            src = _open_dirs(parent.fd, _UVM_FILES)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                raise
+            raise InvalidArchiveError(
+                "the layer changes the utility VM, but its parent layer has none to clone"
+            ) from None
+        try:
+            os.mkdir(_UVM, 0o755, dir_fd=self.root_fd)
+            self._inherit(_UVM, EntryKind.DIR)
+            times: list[tuple[str, int, int]] = []
+            self._clone_dir(src, _UVM_FILES, os.fstat(src), times)
+            for rel, atime, mtime in reversed(times):
+                os.utime(rel, ns=(atime, mtime), dir_fd=self.root_fd, follow_symlinks=False)
+        finally:
+            os.close(src)
+        self.uvm_clone = parent.path
+
+    def _inherit(self, rel: str, kind: EntryKind) -> None:
+        self.paths[fold(rel)] = rel
+        self.validator.inherit(rel, kind)
+
+    def _clone_dir(
+        self, src: int, rel: str, st: os.stat_result, times: list[tuple[str, int, int]]
+    ) -> None:
+        os.mkdir(rel, 0o700, dir_fd=self.root_fd)
+        os.chmod(rel, stat.S_IMODE(st.st_mode), dir_fd=self.root_fd)
+        times.append((rel, st.st_atime_ns, st.st_mtime_ns))
+        self._inherit(rel, EntryKind.DIR)
+        with os.scandir(src) as it:
+            items = sorted(it, key=lambda i: i.name)
+        for item in items:
+            child = f"{rel}/{item.name}"
+            cst = item.stat(follow_symlinks=False)
+            if stat.S_ISDIR(cst.st_mode):
+                sub = os.open(item.name, _DIR_FLAGS, dir_fd=src)
+                try:
+                    self._clone_dir(sub, child, cst, times)
+                finally:
+                    os.close(sub)
+            elif stat.S_ISLNK(cst.st_mode):
+                os.symlink(os.readlink(item.name, dir_fd=src), child, dir_fd=self.root_fd)
+                os.utime(
+                    child,
+                    ns=(cst.st_atime_ns, cst.st_mtime_ns),
+                    dir_fd=self.root_fd,
+                    follow_symlinks=False,
+                )
+                self._inherit(child, EntryKind.SYMLINK)
+            elif stat.S_ISREG(cst.st_mode):
+                # the files Windows rewrites after import are copies, never links
+                self._copy_or_link(src, item.name, child, copy=child in MUTATED_FILES)
+                self._inherit(child, EntryKind.FILE)
+
+    def _copy_or_link(self, src_dir: int, leaf: str, dst: str, *, copy: bool) -> None:
+        if not copy:
+            try:
+                os.link(
+                    leaf, dst, src_dir_fd=src_dir, dst_dir_fd=self.root_fd, follow_symlinks=False
+                )
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                    raise
+        sfd = os.open(leaf, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir)
+        try:
+            dfd = self._create_file(dst)
+            try:
+                with (
+                    os.fdopen(sfd, "rb", closefd=False) as s,
+                    os.fdopen(dfd, "wb", closefd=False) as d,
+                ):
+                    shutil.copyfileobj(s, d, 1 << 20)
+                st = os.fstat(sfd)
+                os.fchmod(dfd, stat.S_IMODE(st.st_mode))
+                os.utime(dfd, ns=(st.st_atime_ns, st.st_mtime_ns))
+            finally:
+                os.close(dfd)
+        finally:
+            os.close(sfd)
+
+    def _forget(self, name: str) -> None:
+        key = fold(name)
+        prefix = key + "/"
+        for known in [k for k in self.paths if k == key or k.startswith(prefix)]:
+            del self.paths[known]
+        self.validator.forget(name)
+
+    def _remove(self, rel: str, *, tree: bool) -> None:
+        st = os.lstat(rel, dir_fd=self.root_fd)
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(rel, dir_fd=self.root_fd)
+        elif tree:
+            shutil.rmtree(rel, dir_fd=self.root_fd)
+        else:
+            os.rmdir(rel, dir_fd=self.root_fd)
+
+    def _make_room(self, entry: WinEntry) -> str | None:
+        """Clear what the clone has at ``entry``'s name; the path kept, if it is kept.
+
+        As hcsshim does: a directory entry keeps a directory (and replaces
+        anything else, with its contents); any other entry replaces a file
+        or symlink, or an empty directory.
+        """
+        existing = self.paths.get(fold(entry.name))
+        if existing is None:
+            return None
+        is_dir = stat.S_ISDIR(os.lstat(existing, dir_fd=self.root_fd).st_mode)
+        if entry.kind is EntryKind.DIR and is_dir:
+            return existing
+        directory_like = entry.kind is EntryKind.DIR or (
+            entry.kind is EntryKind.SYMLINK and bool(entry.attributes & FILE_ATTRIBUTE_DIRECTORY)
+        )
+        try:
+            self._remove(existing, tree=directory_like)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            raise InvalidArchiveError(
+                f"{entry.name}: cannot replace the non-empty utility VM directory {existing!r}"
+            ) from None
+        self._forget(entry.name)
+        return None
+
+    def _remove_from_clone(self, entry: WinEntry) -> None:
+        """A deletion in the utility VM removes from the clone now; it must exist."""
+        target = entry.target
+        existing = self.paths.get(fold(target))
+        if existing is None:
+            raise InvalidArchiveError(
+                f"{entry.name}: deletes {target!r}, which the utility VM does not have"
+            )
+        self._remove(existing, tree=True)
+        self._forget(target)
+
     def _link(self, entry: WinEntry, path: str) -> None:
         target = entry.linkname.strip("/")
         key = fold(target)
+        if self.parents and _in_utility_vm(target):
+            # the clone holds the parent's utility VM: look there, never in the parents
+            found = self.paths.get(key)
+            if found is None or not stat.S_ISREG(os.lstat(found, dir_fd=self.root_fd).st_mode):
+                raise InvalidArchiveError(
+                    f"{entry.name}: hard link target {entry.linkname!r} not found"
+                )
+            os.link(
+                found, path, src_dir_fd=self.root_fd, dst_dir_fd=self.root_fd, follow_symlinks=False
+            )
+            return
         own = self.validator.seen(target)
         if own is not None:
             if own not in (EntryKind.FILE, EntryKind.LINK):
@@ -331,6 +508,7 @@ def write_layer(
         imported=True,
         size=size,
         entries=writer.entries,
+        utility_vm_clone=writer.uvm_clone or "",
     )
     fd = os.open(
         f"{_layout.LAMINA_DIR}/{_layout.META}",
@@ -349,24 +527,26 @@ def write_layer(
 def main(argv: list[str] | None = None) -> int:
     """``python -m lamina.drivers.windowsfilter._import STAGING PARENT_ID [PARENT_DIR...]``.
 
-    Reads the tar on stdin; prints ``{"size": N}`` or ``{"error": class,
-    "message": text, "errno": n}`` as one JSON line on stdout.
+    Reads the tar on stdin; prints ``{"size": N, "confinement": how}`` or
+    ``{"error": class, "message": text, "errno": n}`` as one JSON line on
+    stdout.  ``LAMINA_WINDOWSFILTER_PARENT_PID`` names the process that must
+    be its parent (it exits at once if that one is gone).
     """
     args = list(sys.argv[1:] if argv is None else argv)
     staging, parent_id, parent_dirs = args[0], args[1] or None, args[2:]
     out = sys.stdout
     try:
+        parent_pid = os.environ.get(PARENT_PID_ENV)
+        die_with_parent(int(parent_pid) if parent_pid else None)
         parents = [load_parent(p) for p in parent_dirs]
-        root = staging
-        if os.geteuid() == 0:
-            hashlib.sha256(b"warm up the crypto library before chroot").digest()
-            os.chroot(staging)
-            os.chdir("/")
-            root = "/"
+        confinement = confine(staging)
+        # again: a change of credentials may have cleared the request
+        die_with_parent(int(parent_pid) if parent_pid else None)
+        root = staging if confinement.startswith("none") else "/"
         root_fd = os.open(root, _DIR_FLAGS)
         size = write_layer(sys.stdin.buffer, root_fd, parents, parent_id=parent_id)
         os.close(root_fd)
-        out.write(json.dumps({"size": size}) + "\n")
+        out.write(json.dumps({"size": size, "confinement": confinement}) + "\n")
         return 0
     except LaminaError as exc:
         out.write(

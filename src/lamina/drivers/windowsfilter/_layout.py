@@ -11,7 +11,12 @@ plus our own ``.lamina/`` folder, which a Windows tar can never name
   extended attributes), alternate data streams and deletions included;
 * ``.lamina/tar-split.json.gz`` — the tar-split records of the imported tar;
 * ``.lamina/streams/<n>`` — the bodies of alternate data streams;
-* ``.lamina/view/`` — the materialised merged view while a ``get`` holds it;
+* ``.lamina/view/`` — the merged view while a ``get`` holds it: a read-only
+  overlay mount or a materialised directory;
+* ``.lamina/overlay/`` — what an overlay view needs of this layer, derived
+  from the deletion records and the chain below: ``plan.json`` (whether an
+  overlay can show the chain up to this layer exactly, and why not) and
+  ``whiteouts/``, the overlay whiteouts that sit just above ``Files/``;
 
 and, for a sandbox (read-write) layer, ``sandbox/Files/`` (the writable
 tree) and, when its size is enforced, ``sandbox.img`` (a sparse ext4 image
@@ -46,6 +51,9 @@ META = "meta.json"
 TAR_SPLIT = "tar-split.json.gz"
 STREAMS = "streams"
 VIEW = "view"
+OVERLAY = "overlay"
+OVERLAY_PLAN = "plan.json"
+OVERLAY_WHITEOUTS = "whiteouts"
 SANDBOX_DIR = "sandbox"
 SANDBOX_IMAGE = "sandbox.img"
 LAYER_CHAIN = "layerchain.json"
@@ -64,6 +72,8 @@ class LayerMeta:
     entries: list[dict[str, Any]] = field(default_factory=list)
     sandbox_size: int = 0
     sandbox_backing: str = ""
+    #: The parent folder whose ``UtilityVM/Files`` this layer started from ("" if none).
+    utility_vm_clone: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,6 +83,7 @@ class LayerMeta:
             "imported": self.imported,
             "size": self.size,
             "sandbox": {"size": self.sandbox_size, "backing": self.sandbox_backing},
+            "utility_vm_clone": self.utility_vm_clone,
             "entries": self.entries,
         }
 
@@ -89,6 +100,7 @@ class LayerMeta:
             entries=list(data.get("entries", [])),
             sandbox_size=int(sandbox.get("size", 0)),
             sandbox_backing=str(sandbox.get("backing", "")),
+            utility_vm_clone=str(data.get("utility_vm_clone") or ""),
         )
 
 

@@ -34,6 +34,8 @@ __all__ = [
     "changes_between",
     "materialise",
     "merge_chain",
+    "merge_steps",
+    "shown_nodes",
     "view_of_index",
     "view_of_tree",
     "walk_order",
@@ -73,6 +75,19 @@ def _delete(index: dict[str, Node], children: dict[str, set[str]], key: str) -> 
 def merge_chain(chain: list[tuple[Path, LayerMeta]]) -> dict[str, Node]:
     """Merge image layers, oldest first, into an index keyed by folded path."""
     index: dict[str, Node] = {}
+    for step in merge_steps(chain):
+        index = step
+    return index
+
+
+def merge_steps(chain: list[tuple[Path, LayerMeta]]) -> Iterator[dict[str, Node]]:
+    """The index after each layer of the chain, oldest first.
+
+    The same dictionary is updated in place and yielded once per layer, so
+    a caller that needs the view of every prefix of a chain (the overlay
+    whiteout plans) merges the chain once instead of once per prefix.
+    """
+    index: dict[str, Node] = {}
     children: dict[str, set[str]] = {}
     for layer_dir, meta in chain:
         deletions: list[str] = []
@@ -107,7 +122,7 @@ def merge_chain(chain: list[tuple[Path, LayerMeta]]) -> dict[str, Node]:
             last = node
         for key in deletions:
             _delete(index, children, key)
-    return index
+        yield index
 
 
 @dataclass
@@ -130,6 +145,11 @@ def _shown_paths(index: dict[str, Node]) -> dict[str, str]:
             continue  # its directory is not part of the view
         shown[key] = f"{parent}/{node.leaf}" if parent else node.leaf
     return shown
+
+
+def shown_nodes(index: dict[str, Node]) -> dict[str, Node]:
+    """The nodes of a merged index by the path the view shows them at."""
+    return {path: index[key] for key, path in _shown_paths(index).items()}
 
 
 def view_of_index(index: dict[str, Node]) -> dict[str, ViewItem]:
