@@ -402,6 +402,36 @@ def test_diff_getter_reads_without_mounting(driver: OverlayDriver) -> None:
         getter.close()
 
 
+def test_diff_getter_hides_what_the_view_hides(driver: OverlayDriver) -> None:
+    """Lowers are searched as overlayfs does: an opaque or replaced directory stops the search."""
+    driver.create("base")
+    driver.apply_diff(
+        "base",
+        None,
+        _tar([("d", None), ("d/x", b"x"), ("e", None), ("e/y", b"y"), ("f", None), ("f/z", b"z")]),
+    )
+    driver.create("child", "base")
+    driver.apply_diff(
+        "child",
+        "base",
+        _tar([("d", None), ("d/.wh..wh..opq", b""), ("d/new", b"n"), ("e", b"now a file")]),
+    )
+    with driver.mounted("child") as root:
+        assert sorted(os.listdir(root / "d")) == ["new"]
+        assert (root / "e").is_file()
+        assert (root / "f" / "z").read_bytes() == b"z"
+    getter = driver.diff_getter("child")
+    try:
+        for hidden in ("d/x", "e/y"):
+            with pytest.raises(NotFoundError):
+                getter.get(hidden)
+        for name, data in (("d/new", b"n"), ("e", b"now a file"), ("f/z", b"z")):
+            with getter.get(name) as f:
+                assert f.read() == data
+    finally:
+        getter.close()
+
+
 # -- quota ---------------------------------------------------------------------------
 
 
@@ -435,6 +465,32 @@ def test_size_limit_with_a_loop_image(driver: OverlayDriver) -> None:
     assert mounts_below(home) == []
     assert str(home / "c" / "quota.img") not in _loop_backing_files()
     assert not any(".removing" in f for f in _loop_backing_files())
+
+
+def test_cleanup_leaves_an_image_in_use_mounted_once(driver: OverlayDriver) -> None:
+    """A file open in a limited layer (no view held) keeps its image mounted, and only once.
+
+    Detaching it lazily would let the next use mount the same image a second
+    time beside the detached one: two ext4 instances writing one file.
+    """
+    if dict(driver.status())["Quota"].startswith("unsupported"):
+        pytest.skip(dict(driver.status())["Quota"])
+    driver.create("base")
+    driver.create_read_write("c", "base", storage_opt={"size": "8M"})
+    image, quota = driver.home / "c" / "quota.img", driver.home / "c" / "quota"
+    if not image.exists():
+        pytest.skip("the size limit here is a project quota, not an image")
+    upper = Path(driver.get_metadata("c")["UpperDir"])
+    with open(upper / "being-written", "wb") as f:  # say, an apply_diff in another process
+        driver.cleanup()
+        assert is_mountpoint(quota)
+        f.write(b"data")
+        assert driver.diff_size("c", "base") == 0  # not flushed yet; the layer still works
+        assert _loop_backing_files().count(str(image)) == 1
+    driver.cleanup()
+    assert not is_mountpoint(quota)
+    with driver.mounted("c") as root:
+        assert (root / "being-written").read_bytes() == b"data"
 
 
 def test_default_size_option_applies_to_read_write_layers(tmp_path: Path) -> None:

@@ -12,7 +12,11 @@ Two mechanisms, chosen by the caller:
   ``sandbox.vhdx``): a sparse file of exactly the requested size, formatted
   with ``mkfs.ext4`` and mounted through a loop device.  The loop device is
   configured with autoclear, so unmounting the image is all it takes to
-  release the device: a crashed process cannot leak one.
+  release the device: a crashed process cannot leak one.  The file's size
+  is the limit; growing it (``ExpandSandboxSize``) is a ``truncate`` plus an
+  ext4 resize, online through the kernel while mounted
+  (:func:`grow_mounted_image`, which needs ``CAP_SYS_RESOURCE``) or with
+  ``e2fsck`` and ``resize2fs`` while not (:func:`grow_image`).
 
 Errors are :class:`OSError` (with the kernel's errno) or
 :class:`~lamina.errors.QuotaNotSupportedError` when a mechanism is missing.
@@ -20,6 +24,7 @@ Errors are :class:`OSError` (with the kernel's errno) or
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -40,6 +45,8 @@ __all__ = [
     "ProjectQuota",
     "QuotaUsage",
     "create_image",
+    "grow_image",
+    "grow_mounted_image",
     "image_is_mounted",
     "mount_image",
     "unmount_image",
@@ -188,6 +195,18 @@ class ProjectQuota:
         _set_fsxattr(directory, (flags, extsize, nextents, project, cow, pad))
         return project
 
+    def set_limit(self, directory: str | os.PathLike[str], size: int) -> int:
+        """Change the limit of the project ``directory`` already has (see :meth:`set_quota`).
+
+        Raising a limit takes effect at once, also for files open for
+        writing.  Returns the project id.
+        """
+        project = _get_fsxattr(Path(directory))[3]
+        if not project or project == self.base_project:
+            raise OSError(errno.EINVAL, "the directory has no project quota of its own", directory)
+        self._set_limit(project, size)
+        return project
+
     def _set_limit(self, project: int, size: int) -> None:
         blocks = (size + _BASIC_BLOCK - 1) // _BASIC_BLOCK
         data = _DQUOT.pack(
@@ -258,11 +277,18 @@ _LO_FLAGS_AUTOCLEAR = 4
 _LOOP_CONFIG = struct.Struct("=II5Q4I64s64s32s2Q64x")
 
 
+def _tool(name: str) -> str:
+    """The path of an e2fsprogs / xfsprogs program (often outside a non-root PATH)."""
+    found = shutil.which(name) or shutil.which(name, path="/sbin:/usr/sbin")
+    if found is None:
+        package = "xfsprogs" if "xfs" in name else "e2fsprogs"
+        raise QuotaNotSupportedError(f"{name} is not installed ({package})")
+    return found
+
+
 def create_image(image: str | os.PathLike[str], size: int, fstype: str = "ext4") -> None:
     """Make a sparse file of ``size`` bytes holding an empty ``fstype`` filesystem."""
-    mkfs = shutil.which(f"mkfs.{fstype}") or shutil.which(f"mkfs.{fstype}", path="/sbin:/usr/sbin")
-    if mkfs is None:
-        raise QuotaNotSupportedError(f"mkfs.{fstype} is not installed (e2fsprogs)")
+    mkfs = _tool(f"mkfs.{fstype}")
     fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         os.ftruncate(fd, size)
@@ -340,12 +366,149 @@ def image_is_mounted(mountpoint: str | os.PathLike[str]) -> bool:
     return st.st_dev != parent.st_dev
 
 
-def unmount_image(mountpoint: str | os.PathLike[str]) -> None:
-    """Unmount an image (the loop device clears itself); not mounted is fine."""
+def unmount_image(mountpoint: str | os.PathLike[str], *, lazy: bool = True) -> None:
+    """Unmount an image (the loop device clears itself); not mounted is fine.
+
+    ``lazy=False`` refuses (OSError EBUSY) while anything still uses the
+    filesystem, instead of detaching it: after a lazy unmount a user that
+    still has a file open keeps writing to the image, so nothing else may
+    mount or resize it then.
+    """
     while image_is_mounted(mountpoint):
         try:
-            umount(mountpoint, MNT_DETACH)
+            umount(mountpoint, MNT_DETACH if lazy else 0)
         except OSError as exc:
             if exc.errno in (errno.EINVAL, errno.ENOENT):
                 return
             raise
+
+
+# -- growing an image ------------------------------------------------------------------
+
+_LOOP_SET_CAPACITY = 0x4C07
+_LOOP_GET_STATUS64 = 0x4C05
+_LOOP_INFO64 = struct.Struct("=5Q4I64s64s32s2Q")  # struct loop_info64, 232 bytes
+_EXT4_IOC_RESIZE_FS = 0x40086610  # _IOW('f', 16, __u64)
+_EXT4_MAGIC = 0xEF53
+_EXT4_INCOMPAT_64BIT = 0x80
+
+
+def _ext4_geometry(fd: int) -> tuple[int, int]:
+    """(block size, block count) from the ext4 superblock that ``fd`` (image or device) holds.
+
+    Read through the block device of a mounted filesystem, this is the
+    kernel's live superblock (it shares the device's page cache).
+    """
+    sb = os.pread(fd, 1024, 1024)
+    if len(sb) < 1024 or struct.unpack_from("<H", sb, 0x38)[0] != _EXT4_MAGIC:
+        raise OSError(errno.EINVAL, "not an ext4 filesystem image")
+    log_block_size = struct.unpack_from("<I", sb, 0x18)[0]
+    incompat = struct.unpack_from("<I", sb, 0x60)[0]
+    count = struct.unpack_from("<I", sb, 0x04)[0]
+    if incompat & _EXT4_INCOMPAT_64BIT:
+        count |= struct.unpack_from("<I", sb, 0x150)[0] << 32
+    return 1024 << log_block_size, count
+
+
+def grow_image(image: str | os.PathLike[str], size: int) -> None:
+    """Grow an *unmounted* ext4 image and its filesystem to ``size`` bytes (never shrinks).
+
+    ``truncate``, ``e2fsck -f -p`` (``resize2fs`` insists on a freshly
+    checked filesystem) and ``resize2fs``.  Idempotent: after a crash
+    between the steps, the same call finishes the job; a filesystem that
+    already has the size is not touched.
+    """
+    fd = os.open(image, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        block_size, blocks = _ext4_geometry(fd)
+        target = size // block_size
+        if blocks >= target and os.fstat(fd).st_size >= size:
+            return
+        if blocks > target:
+            raise OSError(errno.EINVAL, f"the filesystem is larger than {size} bytes", str(image))
+        if os.fstat(fd).st_size < size:
+            os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+    if blocks == target:
+        return
+    path = os.fspath(image)
+    check = subprocess.run(
+        [_tool("e2fsck"), "-f", "-p", path], capture_output=True, text=True, check=False
+    )
+    if check.returncode & ~1:  # 1: errors corrected; anything else: not fit to resize
+        raise OSError(errno.EIO, f"e2fsck failed ({check.returncode}): {check.stdout.strip()}")
+    resize = subprocess.run(
+        [_tool("resize2fs"), path, str(target)], capture_output=True, text=True, check=False
+    )
+    if resize.returncode != 0:
+        raise OSError(errno.EIO, f"resize2fs failed: {resize.stderr.strip()}", path)
+
+
+def _open_loop_device(dev: int, backing: os.stat_result) -> int:
+    """Open the loop device numbered ``dev``, checking it is backed by that very file."""
+    major, minor = os.major(dev), os.minor(dev)
+    try:
+        name = os.path.basename(os.readlink(f"/sys/dev/block/{major}:{minor}"))
+    except OSError as exc:
+        raise OSError(errno.ENODEV, f"no block device {major}:{minor}") from exc
+    # read-only: LOOP_SET_CAPACITY needs write access *or* CAP_SYS_ADMIN, and kernels
+    # built without CONFIG_BLK_DEV_WRITE_MOUNTED refuse to open a mounted device for writing
+    fd = os.open(f"/dev/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if os.fstat(fd).st_rdev != dev:
+            raise OSError(errno.ENODEV, f"/dev/{name} is not device {major}:{minor}")
+        info = bytearray(_LOOP_INFO64.size)
+        fcntl.ioctl(fd, _LOOP_GET_STATUS64, info)
+        lo_device, lo_inode = struct.unpack_from("=2Q", info)
+        if (lo_device, lo_inode) != (backing.st_dev, backing.st_ino):
+            raise OSError(errno.EXDEV, f"/dev/{name} is not backed by the image")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def grow_mounted_image(
+    image: str | os.PathLike[str], mountpoint: str | os.PathLike[str], size: int
+) -> None:
+    """Grow a *mounted* ext4 image and its filesystem to ``size`` bytes, online.
+
+    The image file is extended, the loop device told its new capacity
+    (``LOOP_SET_CAPACITY``) and ext4 resized by the kernel
+    (``EXT4_IOC_RESIZE_FS``, what ``resize2fs`` does online), while files
+    stay open.  The kernel allows that only with ``CAP_SYS_RESOURCE``: it
+    is asked first with the current size, so a PermissionError comes
+    before anything has changed.  Idempotent, like :func:`grow_image`.
+    """
+    backing = os.stat(image)
+    loop = _open_loop_device(os.stat(mountpoint).st_dev, backing)
+    try:
+        mnt = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            block_size, blocks = _ext4_geometry(loop)
+            target = size // block_size
+            if blocks >= target and backing.st_size >= size:
+                return
+            if blocks > target:
+                raise OSError(errno.EINVAL, f"the filesystem is larger than {size} bytes")
+            if blocks == target:  # less than a block more: only the file grows
+                os.truncate(image, size)
+                return
+            fcntl.ioctl(mnt, _EXT4_IOC_RESIZE_FS, struct.pack("=Q", blocks))  # allowed at all?
+            extended = backing.st_size < size
+            if extended:
+                os.truncate(image, size)
+            try:
+                fcntl.ioctl(loop, _LOOP_SET_CAPACITY, 0)
+                fcntl.ioctl(mnt, _EXT4_IOC_RESIZE_FS, struct.pack("=Q", target))
+            except OSError:
+                if extended and _ext4_geometry(loop)[1] == blocks:  # nothing uses the new end
+                    os.truncate(image, backing.st_size)
+                    with contextlib.suppress(OSError):
+                        fcntl.ioctl(loop, _LOOP_SET_CAPACITY, 0)
+                raise
+        finally:
+            os.close(mnt)
+    finally:
+        os.close(loop)

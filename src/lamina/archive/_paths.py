@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from typing import BinaryIO
 
 __all__ = ["clean_entry_name", "open_beneath", "split_entry_name"]
@@ -57,7 +58,14 @@ def open_beneath(root: str | os.PathLike[str], rel: str) -> BinaryIO:
             nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
             os.close(fd)
             fd = nfd
-        ffd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        # O_NONBLOCK: a FIFO must not block the open; only regular files are served
+        ffd = os.open(
+            parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd
+        )
     finally:
         os.close(fd)
+    if not stat.S_ISREG(os.fstat(ffd).st_mode):
+        os.close(ffd)
+        raise IsADirectoryError(errno.EISDIR, "not a regular file", rel)
+    os.set_blocking(ffd, True)
     return os.fdopen(ffd, "rb")

@@ -25,7 +25,9 @@ whiteouts, without a mount.
 A ``size`` storage option on a read-write layer is enforced with an XFS
 project quota where the backing filesystem is XFS mounted with ``pquota``,
 and elsewhere with a per-layer ext4 image on a loop device that holds the
-layer's ``diff/`` and ``work/``.
+layer's ``diff/`` and ``work/``.  :meth:`OverlayDriver.expand_sandbox_size`
+raises that limit later (the seed's ``ExpandSandboxSize``, under the name
+the windowsfilter driver gives it).
 
 Options (keys may carry an ``overlay.`` or ``overlay2.`` prefix):
 ``size`` (default for read-write layers), ``mountopt`` (extra overlay mount
@@ -87,9 +89,12 @@ from lamina._fs import (
     umount,
     unmount_below,
     unmount_image,
+    write_file_atomic,
 )
+from lamina._fs._quota import grow_image, grow_mounted_image
 from lamina._units import ram_in_bytes
 from lamina.archive._overlay_changes import overlay_changes, upper_size
+from lamina.archive._whiteout import OVERLAY_OPAQUE_XATTR
 from lamina.drivers._base import Driver, FileGetter, StorageOpts
 from lamina.drivers.overlay._layout import (
     LINK_DIR,
@@ -208,10 +213,35 @@ def _mount_error(exc: OSError, what: str) -> LaminaError:
     return StateError(f"{what}: {text}", errno=exc.errno)
 
 
-class _OverlayFileGetter:
-    """Serves a layer's files from ``diff/`` then its lowers, without mounting."""
+def _opaque_ancestor(directory: str, rel: str) -> bool:
+    """Whether a directory on the way to ``rel`` in this layer is opaque (hides the lowers).
 
-    def __init__(self, dirs: list[Path], layer_id: str) -> None:
+    Only asked after ``rel`` was not found here, so the walk stops at the
+    first ancestor this layer does not have.
+    """
+    path = directory
+    for part in rel.split("/")[:-1]:
+        path = f"{path}/{part}"
+        try:
+            if os.getxattr(path, OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y":
+                return True
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                return False
+            if exc.errno not in (errno.ENODATA, errno.ENOTSUP):
+                raise
+    return False
+
+
+class _OverlayFileGetter:
+    """Serves a layer's files from ``diff/`` then its lowers, without mounting.
+
+    A name is looked up the way overlayfs resolves it: the first layer
+    holding it wins, and a layer stops the search with a whiteout, a
+    non-directory on the way, or an opaque directory on the way.
+    """
+
+    def __init__(self, dirs: list[str], layer_id: str) -> None:
         self._dirs = dirs
         self._id = layer_id
 
@@ -222,11 +252,13 @@ class _OverlayFileGetter:
         for directory in self._dirs:
             try:
                 return archive.open_beneath(directory, rel)
-            except (FileNotFoundError, NotADirectoryError):
+            except FileNotFoundError:
+                if _opaque_ancestor(directory, rel):
+                    break
                 continue
             except OSError as exc:
-                if exc.errno in (errno.ENXIO, errno.ENODEV, errno.ELOOP):
-                    break  # a whiteout (0:0 device) or a symlink: hidden here
+                if exc.errno in (errno.ENOTDIR, errno.ENXIO, errno.ENODEV, errno.ELOOP):
+                    break  # a non-directory on the way, a whiteout (0:0 device), a symlink
                 raise
         raise NotFoundError(f"{name}: not in layer {self._id}")
 
@@ -334,9 +366,28 @@ class OverlayDriver(Driver):
 
     def _diff_dir(self, id: str) -> Path:
         """The real path of the layer's upper directory (its quota image mounted)."""
-        path = self._existing_dir(id)
-        self._ensure_image(path)
-        return Path(os.path.realpath(path / "diff"))
+        self._existing_dir(id)
+        return Path(self._upper(id))
+
+    def _upper(self, layer: str) -> str:
+        """Real path of a layer's upper directory, mounting its quota image if it is not.
+
+        One readlink: ``diff`` is a directory, or the symlink ``quota/diff``
+        into the layer's image (which a reboot unmounts).  This runs for
+        every lower of a 500-deep chain, where ``os.path.realpath`` (an
+        lstat per path component) cost ten times as much.
+        """
+        diff = f"{self._root}/{layer}/diff"
+        try:
+            target = os.readlink(diff)
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOENT):  # a directory (or gone)
+                return diff
+            raise
+        if target != "quota/diff":
+            raise StateError(f"{diff}: unexpected link target {target!r}")
+        self._ensure_image(self._root / layer)
+        return f"{self._root}/{layer}/quota/diff"
 
     def _chain(self, path: Path) -> list[str]:
         """Ids of the parent chain's layers, nearest first (one readlink each).
@@ -356,17 +407,9 @@ class OverlayDriver(Driver):
             result.append(parts[1])
         return result
 
-    def _ensure_chain_images(self, chain: list[str]) -> None:
-        root = os.fspath(self._root)
-        for layer in chain:
-            if os.path.exists(f"{root}/{layer}/quota.img"):
-                self._ensure_image(self._root / layer)
-
-    def _lower_dirs(self, path: Path) -> list[Path]:
+    def _lower_dirs(self, path: Path) -> list[str]:
         """Real paths of the parent chain's upper directories, nearest first."""
-        chain = self._chain(path)
-        self._ensure_chain_images(chain)
-        return [Path(os.path.realpath(self._root / layer / "diff")) for layer in chain]
+        return [self._upper(layer) for layer in self._chain(path)]
 
     # -- quota ---------------------------------------------------------------------
 
@@ -448,6 +491,94 @@ class OverlayDriver(Driver):
                 )
             size = ram_in_bytes(value)
         return size
+
+    def expand_sandbox_size(self, id: str, size: str | int) -> None:
+        """Raise a size-limited read-write layer's limit to ``size`` (Docker units or bytes).
+
+        The Linux counterpart of the seed's ``ExpandSandboxSize``, named as
+        the windowsfilter driver names it.  Works while the layer's view is
+        mounted: an XFS project quota just gets the higher limit; a
+        filesystem image grows online where the kernel allows this process
+        to resize ext4 (``CAP_SYS_RESOURCE``), else offline while nothing
+        uses it (InUseError while a view is held).  Smaller than the
+        current limit is an InvalidArgumentError (no shrinking); the same
+        size finishes a grow that a crash interrupted, or does nothing.
+        """
+        if isinstance(size, bool) or not isinstance(size, (int, str)):
+            raise InvalidArgumentError(f"invalid size: {size!r}")
+        new = ram_in_bytes(size) if isinstance(size, str) else size
+        if new < 0:
+            raise InvalidArgumentError(f"invalid size: {size!r}")
+        path = self._existing_dir(id)
+        with self._store.locked():  # no other process mounts the image meanwhile
+            if (path / "quota.img").exists():
+                self._grow_image(id, path, new)
+            elif (path / "quota").is_file():
+                self._grow_project_quota(id, path, new)
+            else:
+                raise InvalidArgumentError(f"layer {id} has no size limit to expand")
+
+    def _grow_image(self, id: str, path: Path, new: int) -> None:
+        image, mountpoint = path / "quota.img", path / "quota"
+        current = os.stat(image).st_size
+        if new < current:
+            raise InvalidArgumentError(
+                f"layer {id} is limited to {current} bytes; it cannot shrink to {new}"
+            )
+        try:
+            if image_is_mounted(mountpoint):
+                try:
+                    grow_mounted_image(image, mountpoint, new)
+                    return
+                except PermissionError as exc:
+                    denied = exc  # no CAP_SYS_RESOURCE: resize it unmounted instead
+                busy = self._mounter.count(id) > 0  # a direct view (no parent) is no mount
+                if not busy:
+                    try:
+                        unmount_image(mountpoint, lazy=False)
+                    except OSError as exc:
+                        if exc.errno != errno.EBUSY:
+                            raise
+                        busy = True
+                if busy:
+                    raise InUseError(
+                        f"layer {id} is in use, and this process may not resize a mounted "
+                        f"ext4 image ({denied.strerror}: that needs CAP_SYS_RESOURCE); "
+                        "put its views and retry",
+                        errno=errno.EBUSY,
+                    ) from denied
+                try:
+                    grow_image(image, new)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        mount_image(image, mountpoint)  # as it was
+                    raise
+                mount_image(image, mountpoint)
+            else:
+                grow_image(image, new)
+        except OSError as exc:
+            raise StateError(
+                f"cannot grow the image of layer {id} to {new} bytes: {exc.strerror}",
+                errno=exc.errno,
+            ) from exc
+
+    def _grow_project_quota(self, id: str, path: Path, new: int) -> None:
+        record = (path / "quota").read_text(encoding="ascii").split()
+        if len(record) != 2 or record[0] != "project" or not record[1].isdigit():
+            raise StateError(f"{path}/quota: malformed quota record {record!r}")
+        current = int(record[1])
+        if new < current:
+            raise InvalidArgumentError(
+                f"layer {id} is limited to {current} bytes; it cannot shrink to {new}"
+            )
+        quota = self._project_quota or ProjectQuota(self._root)
+        try:
+            quota.set_limit(path, new)
+        except OSError as exc:
+            raise StateError(
+                f"cannot raise the project quota of layer {id}: {exc.strerror}", errno=exc.errno
+            ) from exc
+        write_file_atomic(path / "quota", f"project {new}\n".encode(), 0o600)
 
     # -- storage ---------------------------------------------------------------------
 
@@ -623,7 +754,7 @@ class OverlayDriver(Driver):
         }
         lowers = self._lower_dirs(path)
         if lowers:
-            meta["LowerDir"] = ":".join(str(p) for p in lowers)
+            meta["LowerDir"] = ":".join(lowers)
         return meta
 
     # -- views ----------------------------------------------------------------------
@@ -634,7 +765,7 @@ class OverlayDriver(Driver):
         diff = self._diff_dir(id)
         if lower is None:
             return Mount(type="direct", source=str(diff), target=diff)
-        self._ensure_chain_images(self._chain(path))  # size-limited parents, after a reboot
+        self._lower_dirs(path)  # mounts the images of size-limited parents, after a reboot
         options = list(self._mount_options)
         if (path / "committed").exists():
             options.append("lowerdir=" + ":".join([f"{LINK_DIR}/{read_link(path)}", *lower]))
@@ -751,7 +882,14 @@ class OverlayDriver(Driver):
                 self._sweep_layer(self._root / name, in_flight)
             if not self._store.counts():
                 for name in self._layer_names():
-                    unmount_image(self._root / name / "quota")
+                    # not lazily: an image still in use (an apply_diff in another
+                    # process) stays mounted rather than being detached and then
+                    # mounted a second time by the next _ensure_image
+                    try:
+                        unmount_image(self._root / name / "quota", lazy=False)
+                    except OSError as exc:
+                        if exc.errno != errno.EBUSY:
+                            raise
 
     def _repair_links(self, in_flight: set[str]) -> None:
         building = (
@@ -848,10 +986,13 @@ class OverlayDriver(Driver):
             return super().apply_diff(id, parent, diff)
         diff_dir = self._diff_dir(id)
         options = archive.ApplyOptions(whiteouts=archive.WhiteoutFormat.OVERLAY)
-        in_use = self._mounter.count(id) > 0 or bool(
+        in_place = self._mounter.count(id) > 0 or bool(
             self._store.holders(str(self._dir(id) / "merged"))
         )
-        if in_use or any(True for _ in os.scandir(diff_dir)):
+        if not in_place:  # unless diff/ has content already
+            with os.scandir(diff_dir) as entries:
+                in_place = next(entries, None) is not None
+        if in_place:
             return archive.apply_layer(diff, diff_dir, options)
         stage = make_staging_dir(diff_dir.parent, ".apply", 0o755)
         with self._lock:
@@ -873,7 +1014,7 @@ class OverlayDriver(Driver):
     def diff_getter(self, id: str) -> FileGetter:
         """Files by tar entry name from ``diff/`` and then the lower chain; no mount."""
         path = self._existing_dir(id)
-        return _OverlayFileGetter([self._diff_dir(id), *self._lower_dirs(path)], id)
+        return _OverlayFileGetter([self._upper(id), *self._lower_dirs(path)], id)
 
     def views(self) -> dict[str, int]:
         """Mounted views and how many processes hold each (for diagnostics and tests)."""
