@@ -114,7 +114,8 @@ def _mtime_bound(st: os.stat_result) -> int:
     return ns + _NS if ns % _NS == 0 else ns
 
 
-def _stat_different(old: os.stat_result, new: os.stat_result) -> bool:
+def stat_different(old: os.stat_result, new: os.stat_result) -> bool:
+    """Docker's statDifferent: mode, owner, rdev, and for non-directories size and mtime."""
     if (
         old.st_mode != new.st_mode
         or old.st_uid != new.st_uid
@@ -313,7 +314,7 @@ class _Scan:
                     if new_is_dir:
                         frame.pending.append((name, False, True, False))
                     continue
-                modified = _stat_different(ost, nst) or self._differs(frame, name, path, nst, ost)
+                modified = stat_different(ost, nst) or self._differs(frame, name, path, nst, ost)
                 if modified:
                     out.append(Change(path, ChangeKind.MODIFY))
                 if new_is_dir:

@@ -45,6 +45,7 @@ import stat
 from collections.abc import Sequence
 
 from lamina._change import Change, ChangeKind
+from lamina.archive._changes import stat_different
 from lamina.archive._statx import birth_time_ns
 from lamina.archive._whiteout import OVERLAY_OPAQUE_XATTR
 
@@ -81,26 +82,6 @@ def _lstat(path: str) -> os.stat_result | None:
         return os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
-
-
-def _same_time(a: int, b: int) -> bool:
-    """Docker's sameFsTimeSpec: seconds equal and nanoseconds equal or either zero."""
-    sa, na = divmod(a, 1_000_000_000)
-    sb, nb = divmod(b, 1_000_000_000)
-    return sa == sb and (na == nb or na == 0 or nb == 0)
-
-
-def _stat_differs(old: os.stat_result, new: os.stat_result) -> bool:
-    if (
-        old.st_mode != new.st_mode
-        or old.st_uid != new.st_uid
-        or old.st_gid != new.st_gid
-        or old.st_rdev != new.st_rdev
-    ):
-        return True
-    if stat.S_ISDIR(old.st_mode):
-        return False
-    return not _same_time(old.st_mtime_ns, new.st_mtime_ns) or old.st_size != new.st_size
 
 
 def _same_bytes(a_path: str, b_path: str) -> bool:
@@ -261,7 +242,7 @@ class _Walker:
                 continue
             old_path, old_st = old
             differs = (
-                _stat_differs(old_st, st)
+                stat_different(old_st, st)
                 or _xattr(old_path, _CAPABILITY_XATTR) != _xattr(entry.path, _CAPABILITY_XATTR)
                 or _content_differs(old_path, old_st, entry.path, st)
             )
