@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
 import secrets
@@ -45,7 +44,7 @@ _RENAME_EXCHANGE = 2
 
 def _load_renameat2() -> Callable[..., int] | None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the C library this process already runs on
         fn: Any = libc.renameat2
     except (OSError, AttributeError):
         return None
@@ -74,6 +73,8 @@ def rename_noreplace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -
         if rc == 0:
             return
         err = ctypes.get_errno()
+        if err in (errno.EEXIST, errno.ENOTEMPTY):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(dst))
         if err not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
             raise OSError(err, os.strerror(err), os.fspath(src), None, os.fspath(dst))
         _noreplace_works = False
@@ -249,7 +250,7 @@ def sync_filesystem(path: str | os.PathLike[str]) -> None:
     """Flush the whole filesystem holding ``path`` (one syncfs(2))."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the C library this process already runs on
         if libc.syncfs(fd) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), os.fspath(path))

@@ -23,7 +23,6 @@ caller decides which :mod:`lamina.errors` class that is.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import threading
@@ -72,7 +71,7 @@ _MOVE_MOUNT_F_EMPTY_PATH = 0x4
 _MOUNT_ATTR_RDONLY = 0x1
 _AT_FDCWD = -100
 
-_libc: Any = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_libc: Any = ctypes.CDLL(None, use_errno=True)  # the C library this process already runs on
 _libc.mount.argtypes = [
     ctypes.c_char_p,
     ctypes.c_char_p,

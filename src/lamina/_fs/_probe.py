@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import json
 import os
@@ -74,7 +73,7 @@ FS_NAMES: dict[int, str] = {
     0x9FA0: "proc",
 }
 
-_libc: Any = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_libc: Any = ctypes.CDLL(None, use_errno=True)  # the C library this process already runs on
 _libc.statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
 _SYS_GETDENTS64 = 217 if os.uname().machine == "x86_64" else 61
 _DT_UNKNOWN = 0

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
@@ -52,7 +51,7 @@ __all__ = [
     "unmount_image",
 ]
 
-_libc: Any = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_libc: Any = ctypes.CDLL(None, use_errno=True)  # the C library this process already runs on
 _libc.quotactl.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p]
 _libc.syscall.restype = ctypes.c_long
 

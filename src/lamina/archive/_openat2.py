@@ -15,7 +15,6 @@ back to the per-component walk.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -45,7 +44,7 @@ def _load() -> ctypes._NamedFuncPointer | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the C library this process already runs on
         func = libc.syscall
     except (OSError, AttributeError):
         return None

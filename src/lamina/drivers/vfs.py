@@ -42,7 +42,6 @@ quota mechanism, so a ``size`` option raises
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -198,10 +197,6 @@ class VfsDriver(Driver):
                 rename_noreplace(staging, target)
             except FileExistsError:
                 raise AlreadyExistsError(f"layer {id} already exists") from None
-            except OSError as exc:
-                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise AlreadyExistsError(f"layer {id} already exists") from None
-                raise
         except BaseException:
             remove_tree(staging)
             if not os.path.isdir(target):

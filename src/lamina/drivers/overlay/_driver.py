@@ -648,10 +648,6 @@ class OverlayDriver(Driver):
                 rename_noreplace(staging, target)
             except FileExistsError:
                 raise AlreadyExistsError(f"layer {id} already exists") from None
-            except OSError as exc:
-                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise AlreadyExistsError(f"layer {id} already exists") from None
-                raise
         except BaseException:
             if link_path is not None:
                 with contextlib.suppress(OSError):

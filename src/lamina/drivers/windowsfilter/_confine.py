@@ -26,7 +26,6 @@ hold whatever happens to the driver's process:
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import hashlib
 import os
 import signal
@@ -44,7 +43,7 @@ _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
-_libc: Any = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_libc: Any = ctypes.CDLL(None, use_errno=True)  # the C library this process already runs on
 
 
 class _CapHeader(ctypes.Structure):
