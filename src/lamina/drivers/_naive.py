@@ -106,7 +106,7 @@ class PathFileGetter:
             return archive.open_beneath(self._root, rel)
         except FileNotFoundError as exc:
             raise NotFoundError(f"{name}: not in layer {self._id}") from exc
-        except (IsADirectoryError, NotADirectoryError, OSError) as exc:
+        except OSError as exc:
             raise NotFoundError(f"{name}: not a regular file in layer {self._id}") from exc
 
     def close(self) -> None:
