@@ -4,7 +4,9 @@
 * ``mount_fs(fstype, size_mb=...)`` mounts a fresh filesystem and returns its
   mount point: ``tmpfs``/``ramfs`` directly, anything else (``ext4``,
   ``xfs``, ...) as a loop-mounted image made with ``mkfs.<fstype>``.  It
-  needs root and skips otherwise; everything is unmounted at teardown.
+  needs root and skips otherwise; everything is unmounted at teardown;
+* ``xfs_pquota`` is a fresh XFS mounted with project quotas, or a skip
+  saying why the kernel cannot give one.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+
+from lamina._fs._mount import is_mountpoint, mount, umount
+from lamina._fs._quota import _attach_loop
 
 MountFs = Callable[..., Path]
 
@@ -65,3 +70,34 @@ def mount_fs(tmp_path: Path) -> Iterator[MountFs]:
     for target in reversed(mounted):
         if subprocess.run(["umount", str(target)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+@pytest.fixture
+def xfs_pquota(tmp_path: Path) -> Iterator[Path]:
+    """A fresh XFS mounted with pquota, or a skip saying why there is none."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting XFS needs root")
+    mkfs = shutil.which("mkfs.xfs")
+    if mkfs is None:
+        pytest.skip("mkfs.xfs not installed (apt-get install xfsprogs)")
+    image, mnt = tmp_path / "xfs.img", tmp_path / "xfs"
+    mnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(320 << 20)  # mkfs.xfs refuses less than 300 MB
+    subprocess.run([mkfs, "-q", "-f", str(image)], check=True)
+    loop, device = _attach_loop(image)
+    try:
+        try:
+            mount(device, mnt, "xfs", 0, "pquota")
+        except OSError as exc:
+            pytest.skip(
+                f"cannot mount XFS with pquota ({exc.strerror}): "
+                "this kernel lacks XFS quota support (CONFIG_XFS_QUOTA)"
+            )
+    finally:
+        os.close(loop)
+    try:
+        yield mnt
+    finally:
+        while is_mountpoint(mnt):
+            umount(mnt)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,10 +11,8 @@ from pathlib import Path
 import pytest
 
 from lamina._fs import _quota as quota_module
-from lamina._fs._mount import is_mountpoint, mount, umount
 from lamina._fs._quota import (
     ProjectQuota,
-    _attach_loop,
     create_image,
     grow_image,
     grow_mounted_image,
@@ -124,35 +121,6 @@ def test_loop_device_is_cleared_when_the_mount_fails(tmp_path: Path) -> None:
 def test_project_quota_refused_where_not_enforced(tmp_path: Path) -> None:
     with pytest.raises(QuotaNotSupportedError):
         ProjectQuota(tmp_path)
-
-
-@pytest.fixture
-def xfs_pquota(tmp_path: Path) -> Iterator[Path]:
-    """A fresh XFS mounted with pquota, or a skip saying why there is none."""
-    mkfs = shutil.which("mkfs.xfs")
-    if mkfs is None:
-        pytest.skip("mkfs.xfs not installed (apt-get install xfsprogs)")
-    image, mnt = tmp_path / "xfs.img", tmp_path / "xfs"
-    mnt.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(320 * MIB)  # mkfs.xfs refuses less than 300 MB
-    subprocess.run([mkfs, "-q", "-f", str(image)], check=True)
-    loop, device = _attach_loop(image)
-    try:
-        try:
-            mount(device, mnt, "xfs", 0, "pquota")
-        except OSError as exc:
-            pytest.skip(
-                f"cannot mount XFS with pquota ({exc.strerror}): "
-                "this kernel lacks XFS quota support (CONFIG_XFS_QUOTA)"
-            )
-    finally:
-        os.close(loop)
-    try:
-        yield mnt
-    finally:
-        while is_mountpoint(mnt):
-            umount(mnt)
 
 
 @root_only

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import io
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -678,38 +677,17 @@ def test_kill_during_create_and_remove_leaves_a_clean_store(tmp_path: Path, dela
     assert mounts_below(tmp_path) == []
 
 
-def test_set_quota_with_xfs_project_quota(tmp_path: Path) -> None:
+def test_set_quota_with_xfs_project_quota(xfs_pquota: Path) -> None:
     """On XFS mounted with pquota the size limit is a project quota, not an image."""
     from lamina.drivers.conformance import run_set_quota
 
-    if shutil.which("mkfs.xfs") is None:
-        pytest.skip("mkfs.xfs not installed (apt-get install xfsprogs)")
-    image, mnt = tmp_path / "xfs.img", tmp_path / "xfs"
-    mnt.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(320 * MIB)  # mkfs.xfs refuses less than 300 MB
-    subprocess.run(["mkfs.xfs", "-q", "-f", str(image)], check=True)
-    loop, device = _attach_loop(image)
+    mnt = xfs_pquota
+    driver = new_driver("overlay", mnt / "root", {"quota": "project"})
+    assert isinstance(driver, OverlayDriver)
     try:
-        try:
-            mount(device, mnt, "xfs", 0, "pquota")
-        except OSError as exc:
-            pytest.skip(
-                f"cannot mount XFS with pquota ({exc.strerror}): "
-                "this kernel lacks XFS quota support (CONFIG_XFS_QUOTA)"
-            )
+        assert dict(driver.status())["Quota"] == "xfs project quota"
+        run_set_quota(driver, "overlay", required=True)
+        assert not (driver.home / "overlayTest" / "quota.img").exists()
+        assert (driver.home / "overlayTest" / "quota").read_text().startswith("project ")
     finally:
-        os.close(loop)
-    try:
-        driver = new_driver("overlay", mnt / "root", {"quota": "project"})
-        assert isinstance(driver, OverlayDriver)
-        try:
-            assert dict(driver.status())["Quota"] == "xfs project quota"
-            run_set_quota(driver, "overlay", required=True)
-            assert not (driver.home / "overlayTest" / "quota.img").exists()
-            assert (driver.home / "overlayTest" / "quota").read_text().startswith("project ")
-        finally:
-            driver.cleanup()
-    finally:
-        while is_mountpoint(mnt):
-            umount(mnt)
+        driver.cleanup()

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from lamina._fs._mount import is_mountpoint, mount, mounts_below, umount
-from lamina._fs._quota import _attach_loop, image_is_mounted
+from lamina._fs._mount import mounts_below
+from lamina._fs._quota import image_is_mounted
 from lamina.drivers import new_driver
 from lamina.drivers.overlay import OverlayDriver
 from lamina.errors import InUseError, InvalidArgumentError, NotFoundError
@@ -239,49 +239,28 @@ def test_expand_finishes_a_grow_a_crash_interrupted(driver: OverlayDriver) -> No
         _fill(root / "more", 20 * MIB)
 
 
-def test_expand_a_project_quota_while_the_view_is_held(tmp_path: Path) -> None:
+def test_expand_a_project_quota_while_the_view_is_held(xfs_pquota: Path) -> None:
     """On XFS with pquota the limit is a project quota: raised in place, view mounted."""
-    if shutil.which("mkfs.xfs") is None:
-        pytest.skip("mkfs.xfs not installed (apt-get install xfsprogs)")
-    image, mnt = tmp_path / "xfs.img", tmp_path / "xfs"
-    mnt.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(320 * MIB)  # mkfs.xfs refuses less than 300 MB
-    subprocess.run(["mkfs.xfs", "-q", "-f", str(image)], check=True)
-    loop, device = _attach_loop(image)
+    mnt = xfs_pquota
+    driver = new_driver("overlay", mnt / "root", {"quota": "project"})
+    assert isinstance(driver, OverlayDriver)
     try:
+        driver.create("base")
+        driver.create_read_write("c", "base", storage_opt={"size": "50M"})
+        record = driver.home / "c" / "quota"
+        root = driver.get("c")
         try:
-            mount(device, mnt, "xfs", 0, "pquota")
-        except OSError as exc:
-            pytest.skip(
-                f"cannot mount XFS with pquota ({exc.strerror}): "
-                "this kernel lacks XFS quota support (CONFIG_XFS_QUOTA)"
-            )
-    finally:
-        os.close(loop)
-    try:
-        driver = new_driver("overlay", mnt / "root", {"quota": "project"})
-        assert isinstance(driver, OverlayDriver)
-        try:
-            driver.create("base")
-            driver.create_read_write("c", "base", storage_opt={"size": "50M"})
-            record = driver.home / "c" / "quota"
-            root = driver.get("c")
-            try:
-                digest = _fill(root / "first", 40 * MIB)
-                _fill_fails(root / "more", 20 * MIB)
-                with pytest.raises(InvalidArgumentError):
-                    driver.expand_sandbox_size("c", "20M")
-                driver.expand_sandbox_size("c", "100M")
-                assert record.read_text() == f"project {100 * MIB}\n"
-                more = _fill(root / "more", 20 * MIB)
-                assert _sha256(root / "first") == digest
-            finally:
-                driver.put("c")
-            with driver.mounted("c") as root:
-                assert _sha256(root / "more") == more
+            digest = _fill(root / "first", 40 * MIB)
+            _fill_fails(root / "more", 20 * MIB)
+            with pytest.raises(InvalidArgumentError):
+                driver.expand_sandbox_size("c", "20M")
+            driver.expand_sandbox_size("c", "100M")
+            assert record.read_text() == f"project {100 * MIB}\n"
+            more = _fill(root / "more", 20 * MIB)
+            assert _sha256(root / "first") == digest
         finally:
-            driver.cleanup()
+            driver.put("c")
+        with driver.mounted("c") as root:
+            assert _sha256(root / "more") == more
     finally:
-        while is_mountpoint(mnt):
-            umount(mnt)
+        driver.cleanup()
