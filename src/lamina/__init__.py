@@ -3,11 +3,33 @@
 The public API is Docker's graph-driver contract (:mod:`lamina.drivers`),
 the archive engine that applies and exports layers (:mod:`lamina.archive`)
 and one exception tree (:mod:`lamina.errors`).
+
+Every lamina command is a short process, so the package loads its parts on
+first use (PEP 562): ``from lamina import archive`` never pays for the
+drivers, the mount code or the command line.
 """
 
-from lamina import archive, drivers, errors
-from lamina._change import Change, ChangeKind
+from __future__ import annotations
+
+from lamina._lazy import lazy_names
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (and re) at start-up
+if TYPE_CHECKING:
+    from lamina import archive, drivers, errors
+    from lamina._change import Change, ChangeKind
 
 __all__ = ["Change", "ChangeKind", "__version__", "archive", "drivers", "errors"]
 
 __version__ = "0.1.0"
+
+# public name -> module that defines it (a submodule when the name is the module)
+_LAZY = {
+    "Change": "lamina._change",
+    "ChangeKind": "lamina._change",
+    "archive": "lamina.archive",
+    "drivers": "lamina.drivers",
+    "errors": "lamina.errors",
+}
+
+
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, __all__)

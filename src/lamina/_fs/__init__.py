@@ -1,49 +1,60 @@
-"""Effects: the only code that makes writes atomic, takes locks, copies trees or mounts."""
+"""Effects: the only code that makes writes atomic, takes locks, copies trees or mounts.
 
-from lamina._fs._atomic import (
-    exchange_dirs,
-    made_by_other_live_process,
-    make_staging_dir,
-    remove_tree,
-    rename_noreplace,
-    retire_dir,
-    staging_name,
-    sync_filesystem,
-    write_file_atomic,
-)
-from lamina._fs._copy import CopyStats, copy_tree
-from lamina._fs._mount import (
-    MNT_DETACH,
-    MountInfo,
-    is_mountpoint,
-    mount_spec,
-    mountinfo,
-    mounts_below,
-    new_mount_api_supported,
-    umount,
-    unmount_below,
-)
-from lamina._fs._mounter import Mount, Mounter
-from lamina._fs._probe import (
-    NativeDiffProbe,
-    backing_fs,
-    overlay_max_lowers,
-    probe_native_diff,
-    probe_overlay_mount,
-    statfs_magic,
-    supports_d_type,
-)
-from lamina._fs._quota import (
-    ProjectQuota,
-    QuotaUsage,
-    create_image,
-    grow_image,
-    grow_mounted_image,
-    image_is_mounted,
-    mount_image,
-    unmount_image,
-)
-from lamina._fs._refstore import DETACHED, RefStore, SharedMounter
+Names load on first use (PEP 562): the vfs driver never imports the mount,
+quota and probe code, and a command that only creates a layer never loads
+the tree copier.
+"""
+
+from __future__ import annotations
+
+from lamina._lazy import lazy_names
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+if TYPE_CHECKING:
+    from lamina._fs._atomic import (
+        exchange_dirs,
+        made_by_other_live_process,
+        make_staging_dir,
+        remove_tree,
+        rename_noreplace,
+        retire_dir,
+        staging_name,
+        sync_filesystem,
+        write_file_atomic,
+    )
+    from lamina._fs._copy import CopyStats, copy_tree
+    from lamina._fs._mount import (
+        MNT_DETACH,
+        MountInfo,
+        is_mountpoint,
+        mount_spec,
+        mountinfo,
+        mounts_below,
+        new_mount_api_supported,
+        umount,
+        unmount_below,
+    )
+    from lamina._fs._mounter import Mount, Mounter
+    from lamina._fs._probe import (
+        NativeDiffProbe,
+        backing_fs,
+        overlay_max_lowers,
+        probe_native_diff,
+        probe_overlay_mount,
+        statfs_magic,
+        supports_d_type,
+    )
+    from lamina._fs._quota import (
+        ProjectQuota,
+        QuotaUsage,
+        create_image,
+        grow_image,
+        grow_mounted_image,
+        image_is_mounted,
+        mount_image,
+        unmount_image,
+    )
+    from lamina._fs._refstore import DETACHED, RefStore, SharedMounter
 
 __all__ = [
     "CopyStats",
@@ -89,3 +100,50 @@ __all__ += [  # mounts, kernel probes, quotas, shared mount counts (overlay driv
     "unmount_below",
     "unmount_image",
 ]
+
+# public name -> the module that defines it
+_LAZY = {
+    "exchange_dirs": "lamina._fs._atomic",
+    "made_by_other_live_process": "lamina._fs._atomic",
+    "make_staging_dir": "lamina._fs._atomic",
+    "remove_tree": "lamina._fs._atomic",
+    "rename_noreplace": "lamina._fs._atomic",
+    "retire_dir": "lamina._fs._atomic",
+    "staging_name": "lamina._fs._atomic",
+    "sync_filesystem": "lamina._fs._atomic",
+    "write_file_atomic": "lamina._fs._atomic",
+    "CopyStats": "lamina._fs._copy",
+    "copy_tree": "lamina._fs._copy",
+    "MNT_DETACH": "lamina._fs._mount",
+    "MountInfo": "lamina._fs._mount",
+    "is_mountpoint": "lamina._fs._mount",
+    "mount_spec": "lamina._fs._mount",
+    "mountinfo": "lamina._fs._mount",
+    "mounts_below": "lamina._fs._mount",
+    "new_mount_api_supported": "lamina._fs._mount",
+    "umount": "lamina._fs._mount",
+    "unmount_below": "lamina._fs._mount",
+    "Mount": "lamina._fs._mounter",
+    "Mounter": "lamina._fs._mounter",
+    "NativeDiffProbe": "lamina._fs._probe",
+    "backing_fs": "lamina._fs._probe",
+    "overlay_max_lowers": "lamina._fs._probe",
+    "probe_native_diff": "lamina._fs._probe",
+    "probe_overlay_mount": "lamina._fs._probe",
+    "statfs_magic": "lamina._fs._probe",
+    "supports_d_type": "lamina._fs._probe",
+    "ProjectQuota": "lamina._fs._quota",
+    "QuotaUsage": "lamina._fs._quota",
+    "create_image": "lamina._fs._quota",
+    "grow_image": "lamina._fs._quota",
+    "grow_mounted_image": "lamina._fs._quota",
+    "image_is_mounted": "lamina._fs._quota",
+    "mount_image": "lamina._fs._quota",
+    "unmount_image": "lamina._fs._quota",
+    "DETACHED": "lamina._fs._refstore",
+    "RefStore": "lamina._fs._refstore",
+    "SharedMounter": "lamina._fs._refstore",
+}
+
+
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, __all__)

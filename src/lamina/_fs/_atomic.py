@@ -17,8 +17,6 @@ import contextlib
 import ctypes
 import errno
 import os
-import secrets
-import shutil
 import stat
 import sys
 from collections.abc import Callable
@@ -104,7 +102,8 @@ def staging_name(base: str) -> str:
     a writer that is still running in another process.
     """
     # ids may be 255 bytes long (NAME_MAX); keep the decorated name within it
-    return f"{base[:200]}.{os.getpid()}.{secrets.token_hex(6)}"
+    # 48 random bits tell apart names made by one process (the pid does the rest)
+    return f"{base[:200]}.{os.getpid()}.{os.urandom(6).hex()}"
 
 
 def made_by_other_live_process(name: str) -> bool:
@@ -183,6 +182,8 @@ def _on_error(func: Callable[..., Any], path: str, exc_info: Any) -> None:
 
 
 def _rmtree(path: str | os.PathLike[str]) -> None:
+    import shutil  # with bz2 and lzma behind it: only processes that delete trees pay
+
     kwargs: dict[str, Any]
     if sys.version_info >= (3, 12):
         kwargs = {"onexc": _make_writable_and_retry}

@@ -54,7 +54,6 @@ import fcntl
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 __all__ = ["CopyStats", "copy_tree"]
 
@@ -89,28 +88,81 @@ _XATTR_UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP})
 _PRIVILEGED_NAMESPACES = ("trusted.", "security.")
 
 
-@dataclass
 class CopyStats:
-    """What a copy did; ``method`` is the data-copy method that ended up in use."""
+    """What a copy did; ``method`` is the data-copy method that ended up in use.
 
-    files: int = 0
-    dirs: int = 0
-    symlinks: int = 0
-    hardlinks: int = 0
-    specials: int = 0
-    bytes: int = 0
-    method: str = "none"
-    skipped_devices: list[str] = field(default_factory=list)
-    skipped_xattrs: list[str] = field(default_factory=list)
+    A plain class (not a dataclass) so that importing the copier does not
+    import ``dataclasses`` and ``inspect``; equality and repr are kept.
+    """
+
+    _FIELDS = (
+        "files",
+        "dirs",
+        "symlinks",
+        "hardlinks",
+        "specials",
+        "bytes",
+        "method",
+        "skipped_devices",
+        "skipped_xattrs",
+    )
+    __slots__ = tuple(sorted(_FIELDS))
+
+    def __init__(
+        self,
+        files: int = 0,
+        dirs: int = 0,
+        symlinks: int = 0,
+        hardlinks: int = 0,
+        specials: int = 0,
+        bytes: int = 0,
+        method: str = "none",
+        skipped_devices: list[str] | None = None,
+        skipped_xattrs: list[str] | None = None,
+    ) -> None:
+        self.files = files
+        self.dirs = dirs
+        self.symlinks = symlinks
+        self.hardlinks = hardlinks
+        self.specials = specials
+        self.bytes = bytes
+        self.method = method
+        self.skipped_devices: list[str] = [] if skipped_devices is None else skipped_devices
+        self.skipped_xattrs: list[str] = [] if skipped_xattrs is None else skipped_xattrs
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self._FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__ or not isinstance(other, CopyStats):
+            return NotImplemented
+        return self._values() == other._values()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it replaces
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._FIELDS)
+        return f"CopyStats({fields})"
 
 
-@dataclass
 class _Frame:
-    src_fd: int
-    dst_fd: int
-    st: os.stat_result
-    rel: str
-    entries: Iterator[os.DirEntry[str]]
+    """One directory being copied: both descriptors and the entries still to visit."""
+
+    __slots__ = ("dst_fd", "entries", "rel", "src_fd", "st")
+
+    def __init__(
+        self,
+        src_fd: int,
+        dst_fd: int,
+        st: os.stat_result,
+        rel: str,
+        entries: Iterator[os.DirEntry[str]],
+    ) -> None:
+        self.src_fd = src_fd
+        self.dst_fd = dst_fd
+        self.st = st
+        self.rel = rel
+        self.entries = entries
 
 
 class _Copier:

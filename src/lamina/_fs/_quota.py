@@ -29,9 +29,7 @@ import ctypes
 import errno
 import fcntl
 import os
-import shutil
 import struct
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,6 +276,8 @@ _LOOP_CONFIG = struct.Struct("=II5Q4I64s64s32s2Q64x")
 
 def _tool(name: str) -> str:
     """The path of an e2fsprogs / xfsprogs program (often outside a non-root PATH)."""
+    import shutil  # cold path (image creation and growth): kept off the driver's import
+
     found = shutil.which(name) or shutil.which(name, path="/sbin:/usr/sbin")
     if found is None:
         package = "xfsprogs" if "xfs" in name else "e2fsprogs"
@@ -299,6 +299,8 @@ def create_image(image: str | os.PathLike[str], size: int, fstype: str = "ext4")
         args = ["-q", "-F", "-T", "default", "-m", "0", "-E", "nodiscard,root_owner=0:0"]
     else:
         args = ["-q", "-f"]
+    import subprocess  # cold path: only image creation runs a tool
+
     proc = subprocess.run(
         [mkfs, *args, os.fspath(image)], capture_output=True, text=True, check=False
     )
@@ -432,6 +434,8 @@ def grow_image(image: str | os.PathLike[str], size: int) -> None:
     if blocks == target:
         return
     path = os.fspath(image)
+    import subprocess  # cold path: only an offline grow runs tools
+
     check = subprocess.run(
         [_tool("e2fsck"), "-f", "-p", path], capture_output=True, text=True, check=False
     )

@@ -17,12 +17,15 @@ data, and nothing here ever follows them.
 Cost.  Parent descriptors are cached by path, so a regular file costs one
 ``openat`` (``O_CREAT|O_EXCL``), its writes, ``futimens`` and ``close``;
 ``fchown`` only when the owner differs from what creation gives, and
-``fchmod`` only when the umask or special bits require it.  Directory times
-are set after all entries, as Docker does.  Cached descriptors inside a
-directory are closed before it is removed, so none points at a deleted one,
-and the cache is trimmed only between entries, so none is closed while an
-entry still uses it.  Trees are removed iteratively with a bounded number
-of descriptors, whatever their depth.
+``fchmod`` only when the umask or special bits require it (the same for a
+new directory; one that already existed gets both).  Input that is a plain
+file is read with ``pread`` into a 1 MiB buffer that headers and small
+bodies are sliced from, and large bodies go from file to file by
+``sendfile``.  Directory times are set after all entries, as Docker does.
+Cached descriptors inside a directory are closed before it is removed, so
+none points at a deleted one, and the cache is trimmed only between
+entries, so none is closed while an entry still uses it.  Trees are removed
+iteratively with a bounded number of descriptors, whatever their depth.
 
 Input.  The stream is decompressed here, never by a tool from the layer.
 It is read on past the tar's end-of-archive marker (up to 8 MiB) to its
@@ -49,15 +52,13 @@ overlayfs's private metadata, not layer content); AUFS hardlink stashes
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import BinaryIO
 
 from lamina.archive import _openat2
-from lamina.archive._compression import Compression, open_decompressed
-from lamina.archive._idmap import IDMap
+from lamina.archive._compression import Compression, detect_compression, open_decompressed
+from lamina.archive._idmap import IDMap, _Frozen
 from lamina.archive._paths import split_entry_name
 from lamina.archive._tarreader import (
     TYPE_BLK,
@@ -85,11 +86,17 @@ from lamina.errors import (
     UnsafeArchiveError,
 )
 
+# ``typing`` is for the checker only: importing it at run time (``re`` and more
+# behind it) adds milliseconds to every process that applies a layer.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import BinaryIO
+
 __all__ = ["ApplyOptions", "apply_layer"]
 
 _DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_CHUNK = 1 << 20
 _MAX_TAIL = 8 << 20  # bytes read after the end-of-archive marker, at most
 _MAX_CACHED_DIRS = 512
 #: Resolve uncached parents two or more levels below a cached one with one
@@ -99,8 +106,7 @@ use_openat2 = _openat2.AVAILABLE
 _PRIVATE_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 
 
-@dataclass(frozen=True)
-class ApplyOptions:
+class ApplyOptions(_Frozen):
     """How to apply a layer.
 
     ``whiteouts``: OCI applies ``.wh.`` entries as deletions in a full tree;
@@ -113,12 +119,39 @@ class ApplyOptions:
     means no cap: the caller (a driver, the store) sets one for untrusted input.
     """
 
-    id_map: IDMap = field(default_factory=IDMap)
-    whiteouts: WhiteoutFormat = WhiteoutFormat.OCI
-    best_effort_xattrs: bool = False
-    chown: bool | None = None
-    devices: bool | None = None
-    max_bytes: int | None = None
+    __slots__ = ("best_effort_xattrs", "chown", "devices", "id_map", "max_bytes", "whiteouts")
+    __match_args__ = _fields = (
+        "id_map",
+        "whiteouts",
+        "best_effort_xattrs",
+        "chown",
+        "devices",
+        "max_bytes",
+    )
+
+    id_map: IDMap
+    whiteouts: WhiteoutFormat
+    best_effort_xattrs: bool
+    chown: bool | None
+    devices: bool | None
+    max_bytes: int | None
+
+    def __init__(
+        self,
+        id_map: IDMap | None = None,
+        whiteouts: WhiteoutFormat = WhiteoutFormat.OCI,
+        best_effort_xattrs: bool = False,
+        chown: bool | None = None,
+        devices: bool | None = None,
+        max_bytes: int | None = None,
+    ) -> None:
+        set_field = object.__setattr__
+        set_field(self, "id_map", IDMap() if id_map is None else id_map)
+        set_field(self, "whiteouts", whiteouts)
+        set_field(self, "best_effort_xattrs", best_effort_xattrs)
+        set_field(self, "chown", chown)
+        set_field(self, "devices", devices)
+        set_field(self, "max_bytes", max_bytes)
 
 
 def apply_layer(
@@ -126,14 +159,20 @@ def apply_layer(
 ) -> int:
     """Extract a layer tar (plain, gzip or zstd) into ``dest``; returns Docker's layer size."""
     opts = options or ApplyOptions()
+    plain: BinaryIO | None = None
     try:
-        plain, compression = open_decompressed(stream, limit=opts.max_bytes)
+        start = _plain_file_offset(stream)
+        if start is None:
+            plain, compression = open_decompressed(stream, limit=opts.max_bytes)
+            reader = TarReader(plain)
+        else:
+            compression = Compression.NONE
+            reader = TarReader.over_file(stream.fileno(), start, limit=opts.max_bytes)
     except OSError as exc:  # the caller's stream failed on its first read
         raise ArchiveError(f"reading the layer failed: {exc}", errno=exc.errno) from exc
     try:
         applier = _Applier(os.fspath(dest), opts)
         try:
-            reader = TarReader(plain)
             size = applier.run(reader)
             if compression is not Compression.NONE and not reader.saw_end_marker:
                 raise InvalidArchiveError(
@@ -142,9 +181,9 @@ def apply_layer(
             # Read on to the end, so a decoder checks the stream's trailer and checksum;
             # a real tar has at most a blocking record of zeros after its end marker,
             # so a long tail is not decoded just to be thrown away.
-            tail = 0
-            while tail < _MAX_TAIL and (chunk := plain.read(_CHUNK)):
-                tail += len(chunk)
+            reader.read_tail(_MAX_TAIL)
+            if plain is None:
+                stream.seek(reader.input_offset)  # as if read through the stream
             return size
         except LaminaError:
             raise
@@ -161,7 +200,30 @@ def apply_layer(
         finally:
             applier.close()
     finally:
-        plain.close()
+        if plain is not None:
+            plain.close()
+
+
+def _plain_file_offset(stream: BinaryIO) -> int | None:
+    """Where an uncompressed tar starts in ``stream``, when it is a plain regular file.
+
+    Only a file object as :func:`open` makes it qualifies (not a subclass or a
+    wrapper that might count or hash what is read through it): then the tar
+    is read from its descriptor directly and large bodies are copied by the
+    kernel.  None means "read through the stream".
+    """
+    if type(stream) not in (io.BufferedReader, io.FileIO):
+        return None
+    try:
+        fd = stream.fileno()
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        start = stream.tell()
+    except (OSError, ValueError):
+        return None
+    if detect_compression(os.pread(fd, 10, start)) is not Compression.NONE:
+        return None
+    return start
 
 
 class _Applier:
@@ -174,6 +236,7 @@ class _Applier:
         self.chown = privileged if opts.chown is None else opts.chown
         self.devices = privileged if opts.devices is None else opts.devices
         self.id_map = opts.id_map
+        self.identity = opts.id_map.is_identity
         self.root_pair = opts.id_map.root_pair()
         self.euid, self.egid = os.geteuid(), os.getegid()
         umask = os.umask(0o022)
@@ -203,12 +266,17 @@ class _Applier:
             os.close(fd)
         self.dirs.clear()
 
-    def _parent(self, parts: list[str], create: bool = True) -> tuple[int, bool]:
-        """Descriptor of the directory holding ``parts[-1]`` (created if missing)."""
+    def _parent(
+        self, parts: list[str], create: bool = True, *, parent_path: str | None = None
+    ) -> tuple[int, bool]:
+        """Descriptor of the directory holding ``parts[-1]`` (created if missing).
+
+        ``parent_path`` is ``"/".join(parts[:-1])`` when the caller has it already.
+        """
         depth = len(parts) - 1
         if depth == 0:
             return self.root_fd, self.root_setgid
-        hit = self.dirs.get("/".join(parts[:depth]))
+        hit = self.dirs.get("/".join(parts[:depth]) if parent_path is None else parent_path)
         if hit is not None:
             return hit
         # a miss: start from the deepest cached ancestor
@@ -339,29 +407,33 @@ class _Applier:
 
     def run(self, reader: TarReader) -> int:
         size = 0
-        while True:
-            entry = reader.next_entry()
-            if entry is None:
-                break
+        next_entry, apply_entry, dirs = reader.next_entry, self._apply_entry, self.dirs
+        while (entry := next_entry()) is not None:
             size += entry.size
-            if len(self.dirs) >= _MAX_CACHED_DIRS:
+            if len(dirs) >= _MAX_CACHED_DIRS:
                 self._drop_cache()  # only here, between entries: no descriptor is in use
-            self._apply_entry(reader, entry)
+            apply_entry(reader, entry)
         self._set_dir_times()
         return size
 
     def _apply_entry(self, reader: TarReader, entry: TarEntry) -> None:
-        parts = split_entry_name(entry.name)
-        if parts is None:
-            raise UnsafeArchiveError(f"entry name {entry.name!r} escapes the layer root")
-        if not parts:
-            return  # the root entry: skipped, the layer root keeps its own metadata
+        name = entry.name
+        path = name.rstrip("/")
+        parts = path.split("/")
+        if not path or "" in parts or "." in parts or ".." in parts or "\x00" in name:
+            # not already canonical ("./x", "/x", "a//b", dots): the careful way
+            checked = split_entry_name(name)
+            if checked is None:
+                raise UnsafeArchiveError(f"entry name {name!r} escapes the layer root")
+            if not checked:
+                return  # the root entry: skipped, the layer root keeps its own metadata
+            parts = checked
+            path = "/".join(parts)
         if parts[0].startswith(WHITEOUT_META_PREFIX) and (
             len(parts) > 1 or parts[0] != OPAQUE_MARKER
         ):
             return  # AUFS metadata at the root (.wh..wh.plnk/..., .wh..wh.aufs): not content
         base = parts[-1]
-        path = "/".join(parts)
 
         if base.startswith(WHITEOUT_PREFIX):
             self._whiteout(parts, base, path, entry)
@@ -369,12 +441,12 @@ class _Applier:
         if self.removed_dirs and entry.type != TYPE_DIR:
             self.dir_times.pop(path, None)  # a directory of this layer was here, then removed
 
-        parent_fd, parent_setgid = self._parent(parts)
+        parent_fd, parent_setgid = self._parent(parts, parent_path=path[: -len(base) - 1])
         kind = entry.type
         if kind == TYPE_REG:
             self._regular(reader, entry, parent_fd, parent_setgid, base, path)
         elif kind == TYPE_DIR:
-            self._directory(entry, parent_fd, base, path)
+            self._directory(entry, parent_fd, parent_setgid, base, path)
         elif kind == TYPE_SYMLINK:
             self._create(
                 parent_fd, base, path, lambda: os.symlink(entry.linkname, base, dir_fd=parent_fd)
@@ -428,7 +500,7 @@ class _Applier:
             make()
 
     def _owner(self, entry: TarEntry) -> tuple[int, int]:
-        if self.id_map.is_identity:
+        if self.identity:
             return entry.uid, entry.gid
         return self.id_map.to_host(entry.uid, entry.gid)
 
@@ -448,14 +520,8 @@ class _Applier:
             self._remove(parent_fd, name, path)
             fd = os.open(name, _FILE_CREATE, mode & 0o777, dir_fd=parent_fd)
         try:
-            remaining = entry.size
-            while remaining:
-                chunk = reader.read_body(min(remaining, _CHUNK))
-                remaining -= len(chunk)
-                view = memoryview(chunk)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+            if entry.size:
+                reader.copy_body(fd)
             self._metadata_fd(entry, fd, path, parent_setgid)
         finally:
             os.close(fd)
@@ -464,8 +530,11 @@ class _Applier:
         """chown, xattrs, chmod (after chown, which clears setuid), times — on a descriptor."""
         mode = entry.mode
         if self.chown:
-            uid, gid = self._owner(entry)
-            if (uid, gid) != (self.euid, self.egid) or parent_setgid:
+            if self.identity:
+                uid, gid = entry.uid, entry.gid
+            else:
+                uid, gid = self.id_map.to_host(entry.uid, entry.gid)
+            if uid != self.euid or gid != self.egid or parent_setgid:
                 os.fchown(fd, uid, gid)
         if entry.xattrs:
             self._xattrs(entry, fd, path)
@@ -521,23 +590,31 @@ class _Applier:
             ) from exc
         raise exc
 
-    def _directory(self, entry: TarEntry, parent_fd: int, name: str, path: str) -> None:
+    def _directory(
+        self, entry: TarEntry, parent_fd: int, parent_setgid: bool, name: str, path: str
+    ) -> None:
         mode = entry.mode
+        fresh = True  # made here: the owner and mode that mkdir gave are known
         try:
             os.mkdir(name, mode & 0o777, dir_fd=parent_fd)
         except FileExistsError:
             st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-            if not stat.S_ISDIR(st.st_mode):
+            if stat.S_ISDIR(st.st_mode):
+                fresh = False  # merged with an existing directory: set everything
+            else:
                 self._remove(parent_fd, name, path)
                 os.mkdir(name, mode & 0o777, dir_fd=parent_fd)
         fd = os.open(name, _DIR_OPEN, dir_fd=parent_fd)
         try:
             if self.chown:
                 uid, gid = self._owner(entry)
-                os.fchown(fd, uid, gid)
+                if not fresh or uid != self.euid or gid != self.egid or parent_setgid:
+                    os.fchown(fd, uid, gid)
             if entry.xattrs:
                 self._xattrs(entry, fd, path)
-            os.fchmod(fd, mode)
+            # a setgid parent passes its setgid bit on to a new directory
+            if not fresh or parent_setgid or mode & 0o7000 or mode & self.umask:
+                os.fchmod(fd, mode)
             setgid = bool(mode & stat.S_ISGID)
         except BaseException:
             os.close(fd)

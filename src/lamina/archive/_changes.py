@@ -50,10 +50,8 @@ result is sorted once at the end).
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import stat
-from dataclasses import dataclass
 
 from lamina._change import Change, ChangeKind
 from lamina.archive._statx import birth_time_ns
@@ -61,7 +59,13 @@ from lamina.errors import NotFoundError
 
 __all__ = ["changes", "changes_size"]
 
-_log = logging.getLogger(__name__)
+
+def _debug(message: str, *args: object) -> None:
+    """Log at debug level; ``logging`` is imported only when something went wrong."""
+    import logging
+
+    logging.getLogger(__name__).debug(message, *args)
+
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -76,12 +80,24 @@ _CHUNK = 1 << 20
 _MAX_HELD_DEPTH = 128
 
 
-@dataclass
 class ChangeStats:
     """What a change scan cost: how many file pairs it had to read or birth-check."""
 
-    content_reads: int = 0
-    birth_checks: int = 0
+    __slots__ = ("birth_checks", "content_reads")
+
+    def __init__(self, content_reads: int = 0, birth_checks: int = 0) -> None:
+        self.content_reads = content_reads
+        self.birth_checks = birth_checks
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ChangeStats):
+            return NotImplemented
+        return (self.content_reads, self.birth_checks) == (other.content_reads, other.birth_checks)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it replaces
+
+    def __repr__(self) -> str:
+        return f"ChangeStats(content_reads={self.content_reads}, birth_checks={self.birth_checks})"
 
 
 class _Frame:
@@ -239,7 +255,7 @@ class _Scan:
             try:
                 self._reopen(frame)
             except OSError as exc:
-                _log.debug("changes: cannot reopen %s: %s", frame.path, exc)
+                _debug("changes: cannot reopen %s: %s", frame.path, exc)
                 frame.pending.clear()
                 return
         assert frame.new_fd is not None
@@ -247,7 +263,7 @@ class _Scan:
         try:
             new_fd = os.open(name, _DIR_FLAGS, dir_fd=frame.new_fd)
         except OSError as exc:  # changed under us: nothing to list below it
-            _log.debug("changes: cannot open %s: %s", path, exc)
+            _debug("changes: cannot open %s: %s", path, exc)
             return
         old_fd: int | None = None
         if paired:
@@ -255,7 +271,7 @@ class _Scan:
             try:
                 old_fd = os.open(name, _DIR_FLAGS, dir_fd=frame.old_fd)
             except OSError as exc:
-                _log.debug("changes: cannot open old %s: %s", path, exc)
+                _debug("changes: cannot open old %s: %s", path, exc)
                 old_fd = None
         child = _Frame(new_fd, old_fd, path, len(self.out), added or old_fd is None)
         self._push(child)
@@ -265,7 +281,7 @@ class _Scan:
             else:
                 self._list_pair(child, same_dev)
         except OSError as exc:
-            _log.debug("changes: cannot list %s: %s", path, exc)
+            _debug("changes: cannot list %s: %s", path, exc)
             child.pending.clear()
 
     def _list_added(self, frame: _Frame) -> None:
@@ -421,7 +437,7 @@ def changes_size(new_dir: str | os.PathLike[str], changes: list[Change]) -> int:
         try:
             st = os.lstat(root + change.path)
         except OSError as exc:
-            _log.debug("changes_size: skipping %s: %s", change.path, exc)
+            _debug("changes_size: skipping %s: %s", change.path, exc)
             continue
         if stat.S_ISDIR(st.st_mode):
             continue

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import enum
 import io
-from typing import BinaryIO, cast
 
 from lamina.errors import ArchiveTooLargeError, InvalidArchiveError, LaminaError
+
+# ``typing`` is for the checker only: importing it at run time (``re`` and more
+# behind it) adds milliseconds to every process that applies a layer.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 __all__ = ["Compression", "decompress", "detect_compression", "open_decompressed"]
 
@@ -118,8 +123,8 @@ def open_decompressed(
     stream: BinaryIO, *, limit: int | None = None
 ) -> tuple[BinaryIO, Compression]:
     """:func:`decompress`, also saying which compression the stream used."""
-    buffered = cast(BinaryIO, io.BufferedReader(_Borrowed(stream), _BUFFER))
-    head = cast(io.BufferedReader, buffered).peek(10)[:10]
+    buffered = io.BufferedReader(_Borrowed(stream), _BUFFER)
+    head = buffered.peek(10)[:10]
     kind = detect_compression(head)
     inner: BinaryIO
     if kind is Compression.NONE:
@@ -127,15 +132,19 @@ def open_decompressed(
             return buffered, kind
         inner = buffered
     elif kind is Compression.GZIP:
+        from typing import cast
+
         from isal import igzip_threaded
 
         # one worker thread: inflate runs beside the apply, outside the GIL
-        inner = cast(BinaryIO, igzip_threaded.open(buffered, "rb", threads=1))  # type: ignore[no-untyped-call]
+        inner = cast("BinaryIO", igzip_threaded.open(buffered, "rb", threads=1))  # type: ignore[no-untyped-call]
     elif kind is Compression.ZSTD:
+        from typing import cast
+
         import zstandard
 
         inner = cast(
-            BinaryIO,
+            "BinaryIO",
             zstandard.ZstdDecompressor().stream_reader(
                 buffered, read_size=_BUFFER, read_across_frames=True, closefd=False
             ),
@@ -143,7 +152,7 @@ def open_decompressed(
     else:
         raise InvalidArchiveError(f"{kind.value} layers are not supported (gzip and zstd are)")
     guarded = _Guarded(inner, limit, owned=kind is not Compression.NONE)
-    return cast(BinaryIO, io.BufferedReader(guarded, _BUFFER)), kind
+    return io.BufferedReader(guarded, _BUFFER), kind
 
 
 def decompress(stream: BinaryIO, *, limit: int | None = None) -> BinaryIO:

@@ -31,12 +31,9 @@ Deliberate differences from Docker, for fidelity and reproducibility:
 from __future__ import annotations
 
 import io
-import logging
 import os
 import stat
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from typing import BinaryIO, cast
 
 from lamina._change import Change, ChangeKind
 from lamina.archive import _tarwriter as tw
@@ -44,9 +41,22 @@ from lamina.archive._idmap import IDMap
 from lamina.archive._whiteout import OPAQUE_MARKER, WHITEOUT_PREFIX, WhiteoutFormat
 from lamina.errors import NotFoundError
 
+# ``typing`` is for the checker only: importing it at run time (``re`` and more
+# behind it) adds milliseconds to every process that exports a layer.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from typing import BinaryIO
+
 __all__ = ["export_changes", "export_tree"]
 
-_log = logging.getLogger(__name__)
+
+def _debug(message: str, *args: object) -> None:
+    """Log a skipped entry; ``logging`` is imported only when there is one to log."""
+    import logging
+
+    logging.getLogger(__name__).debug(message, *args)
+
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -138,7 +148,7 @@ class _TarStream(io.RawIOBase):
             try:
                 got = os.readv(self._fd, [out[n : n + k]])
             except OSError as exc:
-                _log.debug("export: read error, padding with zeros: %s", exc)
+                _debug("export: read error, padding with zeros: %s", exc)
             if got == 0:  # shrank (or failed): the header promised more
                 self._finish_file()
         if got == 0:
@@ -178,7 +188,7 @@ class _TarStream(io.RawIOBase):
 
 def _wrap(entries: Iterator[tuple[_Piece, ...]], root_fd: int) -> BinaryIO:
     raw = _TarStream(entries, lambda: os.close(root_fd))
-    return cast(BinaryIO, io.BufferedReader(raw, _CHUNK))
+    return io.BufferedReader(raw, _CHUNK)
 
 
 class _DirPath:
@@ -317,7 +327,7 @@ class _Members:
                 ),
             )
         if fmt == stat.S_IFSOCK:
-            _log.debug("export: skipping socket %s", rel)
+            _debug("export: skipping socket %s", rel)
             return ()
 
         uid, gid = self._owner(st, name)
@@ -363,7 +373,7 @@ class _Members:
             try:
                 fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
             except OSError as exc:
-                _log.debug("export: skipping %s: %s", rel, exc)
+                _debug("export: skipping %s: %s", rel, exc)
                 return ()
             try:
                 try:
@@ -386,7 +396,7 @@ class _Members:
                     try:
                         data = _read_small(fd, size)
                     except OSError as exc:
-                        _log.debug("export: read error in %s, zero-filled: %s", rel, exc)
+                        _debug("export: read error in %s, zero-filled: %s", rel, exc)
                         data = bytes(size)
                     piece: _Piece = header + data + tw.padding(size)
                 else:
@@ -408,7 +418,7 @@ class _Members:
             try:
                 linkname = os.fsencode(os.readlink(name, dir_fd=dir_fd))
             except OSError as exc:
-                _log.debug("export: skipping %s: %s", rel, exc)
+                _debug("export: skipping %s: %s", rel, exc)
                 return ()
         elif fmt in (stat.S_IFCHR, stat.S_IFBLK):
             typeflag = tw.CHRTYPE if fmt == stat.S_IFCHR else tw.BLKTYPE
@@ -416,7 +426,7 @@ class _Members:
         elif fmt == stat.S_IFIFO:
             typeflag = tw.FIFOTYPE
         else:
-            _log.debug("export: skipping %s of unknown type %o", rel, fmt)
+            _debug("export: skipping %s of unknown type %o", rel, fmt)
             return ()
         xattrs, _ = _read_xattrs(self._beneath(dir_fd, name, rel))
         if key is not None:
@@ -478,7 +488,7 @@ def _changes_pieces(
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                 self_fd = dirs.fd(parts) if stat.S_ISDIR(st.st_mode) else None
             except OSError as exc:
-                _log.debug("export: skipping %s: %s", change.path, exc)
+                _debug("export: skipping %s: %s", change.path, exc)
                 continue
             pieces = members.entry(dir_fd, name, rel, st, self_fd)
             if pieces:
@@ -526,13 +536,13 @@ def _tree_pieces(
             try:
                 child_fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
-                _log.debug("export: skipping %s: %s", rel, exc)
+                _debug("export: skipping %s: %s", rel, exc)
                 continue
             try:
                 listing = _list_dir(child_fd)
             except OSError as exc:
                 os.close(child_fd)
-                _log.debug("export: skipping %s: %s", rel, exc)
+                _debug("export: skipping %s: %s", rel, exc)
                 continue
             stack.append((child_fd, rel + "/", listing))
             yield members.entry(fd, name, rel, st, child_fd)

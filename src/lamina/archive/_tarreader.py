@@ -22,10 +22,17 @@ so an unbounded set would cost work per entry without costing input bytes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import BinaryIO
+import errno
+import os
+from zlib import adler32
 
-from lamina.errors import InvalidArchiveError
+from lamina.errors import ArchiveTooLargeError, InvalidArchiveError
+
+# ``typing`` is for the checker only: importing it at run time (``re`` and more
+# behind it) adds milliseconds to every process that applies a layer.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 __all__ = [
     "BLOCK",
@@ -52,6 +59,11 @@ MAX_GLOBAL_RECORDS = 64
 _MAX_ID = (1 << 32) - 2
 #: Times outside this many seconds from the epoch do not fit a 64-bit nanosecond count.
 _MAX_SECONDS = (1 << 63) // 1_000_000_000 - 1
+#: Input is read this much at a time; headers and small bodies are sliced from it.
+_READ = 1 << 20
+#: A body with at least this much left beyond the buffer is copied by the kernel
+#: (``sendfile``) when the input is a plain file, never passing through Python.
+_KERNEL_COPY_MIN = 128 << 10
 
 TYPE_REG = "0"
 TYPE_LINK = "1"
@@ -64,25 +76,73 @@ _TYPE_CONTIG = "7"
 
 _ZERO_BLOCK = bytes(BLOCK)
 _HEADER_ONLY = frozenset((TYPE_LINK, TYPE_SYMLINK, TYPE_DIR, TYPE_CHR, TYPE_BLK, TYPE_FIFO))
+#: typeflag byte -> type; a NUL typeflag is a regular file (old tars)
+_TYPEFLAGS = tuple(chr(b) if b else TYPE_REG for b in range(256))
 
 
-@dataclass(slots=True)
 class TarEntry:
-    """One member: header fields after extension records are applied."""
+    """One member: header fields after extension records are applied.
 
-    name: str
-    type: str
-    mode: int
-    uid: int
-    gid: int
-    size: int
-    mtime_ns: int
-    linkname: str = ""
-    devmajor: int = 0
-    devminor: int = 0
-    atime_ns: int | None = None
-    xattrs: dict[str, bytes] = field(default_factory=dict)
-    pax: dict[str, bytes] = field(default_factory=dict)
+    A plain class with slots rather than a dataclass: one is made per entry
+    on the hottest path, and ``dataclasses`` costs start-up time.
+    """
+
+    __slots__ = (
+        "atime_ns",
+        "devmajor",
+        "devminor",
+        "gid",
+        "linkname",
+        "mode",
+        "mtime_ns",
+        "name",
+        "pax",
+        "size",
+        "type",
+        "uid",
+        "xattrs",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        type: str,
+        mode: int,
+        uid: int,
+        gid: int,
+        size: int,
+        mtime_ns: int,
+        linkname: str = "",
+        devmajor: int = 0,
+        devminor: int = 0,
+        atime_ns: int | None = None,
+        xattrs: dict[str, bytes] | None = None,
+        pax: dict[str, bytes] | None = None,
+    ) -> None:
+        self.name = name
+        self.type = type
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.size = size
+        self.mtime_ns = mtime_ns
+        self.linkname = linkname
+        self.devmajor = devmajor
+        self.devminor = devminor
+        self.atime_ns = atime_ns
+        self.xattrs: dict[str, bytes] = {} if xattrs is None else xattrs
+        self.pax: dict[str, bytes] = {} if pax is None else pax
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        return f"TarEntry({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TarEntry):
+            return NotImplemented
+        return all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def _decode(raw: bytes) -> str:
@@ -113,7 +173,15 @@ def _number(raw: bytes, what: str) -> int:
 
 
 def _checksum_ok(block: bytes, stored: int) -> bool:
-    unsigned = sum(block[:148]) + 256 + sum(block[156:])
+    # Adler-32's low half is 1 + the byte sum mod 65521; 256 bytes sum to at most
+    # 65280, so over each half it is the exact sum, computed in C.
+    unsigned = (
+        (adler32(block[:256]) & 0xFFFF)
+        + (adler32(block[256:]) & 0xFFFF)
+        - 2
+        - sum(block[148:156])
+        + 256
+    )
     if unsigned == stored:
         return True
     signed = sum(b - 256 if b > 127 else b for b in block[:148] + block[156:]) + 256
@@ -186,12 +254,26 @@ class TarReader:
     """Iterates the entries of a tar stream; the caller consumes each body.
 
     After ``next_entry()`` returns an entry, exactly ``entry.size`` body bytes
-    are pending: read them with :meth:`read_body` / :meth:`body_chunks` or
-    let the next ``next_entry()`` skip them.
+    are pending: write them with :meth:`copy_body`, read them with
+    :meth:`read_body`, or let the next ``next_entry()`` skip them.
+
+    Input is read a mebibyte at a time and headers are sliced from that
+    buffer, so a small member costs no read call of its own.  Built with
+    :meth:`over_file`, the reader takes its input from a plain file with
+    ``pread`` and lets the kernel copy large bodies (``sendfile``): those
+    bytes are never copied into Python at all.
     """
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: BinaryIO | None) -> None:
         self._stream = stream
+        self._fd = -1  # over_file: the input file ...
+        self._src = 0  # ... the file offset of the next byte to read from it
+        self._src_start = 0
+        self._src_end = 0  # the file's size when the reader was made
+        self._limit: int | None = None
+        self._buf = b""
+        self._view = memoryview(self._buf)
+        self._pos = 0  # next unconsumed byte of _buf
         self._pending = 0  # body bytes of the current entry not yet consumed
         self._padding = 0  # padding after the current body
         self._global_pax: dict[str, bytes] = {}
@@ -199,28 +281,94 @@ class TarReader:
         #: True once the end-of-archive block was read (not merely the end of the stream)
         self.saw_end_marker = False
 
+    @classmethod
+    def over_file(cls, fd: int, start: int, *, limit: int | None = None) -> TarReader:
+        """A reader of the plain tar in file ``fd`` from byte ``start`` (fd stays the caller's).
+
+        ``limit`` caps the bytes read, as the decompression guard does for streams.
+        """
+        reader = cls(None)
+        reader._fd = fd
+        reader._src = reader._src_start = start
+        reader._src_end = os.fstat(fd).st_size
+        reader._limit = limit
+        return reader
+
+    @property
+    def input_offset(self) -> int:
+        """over_file: where in the file the bytes consumed so far end."""
+        return self._src - (len(self._buf) - self._pos)
+
     # -- raw reading ---------------------------------------------------
 
-    def _read_exact(self, n: int, what: str) -> bytes:
-        data = self._stream.read(n)
-        if len(data) < n:
-            # some streams return short reads; keep reading until EOF
-            parts = [data]
-            got = len(data)
-            while got < n:
-                more = self._stream.read(n - got)
-                if not more:
-                    raise InvalidArchiveError(f"truncated tar: unexpected end of stream in {what}")
-                parts.append(more)
-                got += len(more)
-            data = b"".join(parts)
-        self.offset += n
+    def _charge(self, n: int) -> None:
+        if self._limit is not None and self._src + n - self._src_start > self._limit:
+            raise ArchiveTooLargeError(f"layer exceeds the limit of {self._limit} bytes")
+
+    def _more(self) -> bytes:
+        """The next chunk of input (b"" at its end)."""
+        if self._fd < 0:
+            assert self._stream is not None
+            return self._stream.read(_READ)
+        want = min(_READ, self._src_end - self._src)
+        if want <= 0:
+            want = _READ  # the file may have grown; pread says for sure
+        self._charge(want if self._src + want <= self._src_end else 0)
+        data = os.pread(self._fd, want, self._src)
+        self._charge(len(data))
+        self._src += len(data)
         return data
 
+    def _refill(self) -> bool:
+        """Replace the (consumed) buffer by the next chunk; False at the end of input."""
+        data = self._more()
+        self._buf = data
+        self._view = memoryview(data)
+        self._pos = 0
+        return bool(data)
+
+    def _read_exact(self, n: int, what: str) -> bytes:
+        pos = self._pos
+        end = pos + n
+        if end <= len(self._buf):
+            self._pos = end
+            self.offset += n
+            return self._buf[pos:end]
+        parts = [self._buf[pos:]]
+        got = len(parts[0])
+        while got < n:
+            if not self._refill():
+                raise InvalidArchiveError(f"truncated tar: unexpected end of stream in {what}")
+            take = min(n - got, len(self._buf))
+            parts.append(self._buf[:take])
+            self._pos = take
+            got += take
+        self.offset += n
+        return b"".join(parts)
+
     def _skip(self, n: int, what: str) -> None:
+        avail = len(self._buf) - self._pos
+        if n <= avail:
+            self._pos += n
+            self.offset += n
+            return
+        self._pos = len(self._buf)
+        self.offset += avail
+        n -= avail
+        if self._fd >= 0:
+            if self._src + n > self._src_end:
+                raise InvalidArchiveError(f"truncated tar: unexpected end of stream in {what}")
+            self._charge(n)
+            self._src += n
+            self.offset += n
+            return
         while n > 0:
-            chunk = self._read_exact(min(n, 1 << 20), what)
-            n -= len(chunk)
+            if not self._refill():
+                raise InvalidArchiveError(f"truncated tar: unexpected end of stream in {what}")
+            take = min(n, len(self._buf))
+            self._pos = take
+            self.offset += take
+            n -= take
 
     def _read_extension(self, size: int, what: str) -> bytes:
         if size < 0 or size > MAX_EXTENSION_BYTES:
@@ -231,6 +379,15 @@ class TarReader:
             self._read_exact(pad, what)
         return data
 
+    def read_tail(self, most: int) -> int:
+        """Consume up to ``most`` bytes after the archive (a decoder then checks its trailer)."""
+        got = len(self._buf) - self._pos
+        self._pos = len(self._buf)
+        while got < most and self._refill():
+            got += len(self._buf)
+            self._pos = len(self._buf)
+        return got
+
     # -- bodies ----------------------------------------------------------
 
     def read_body(self, n: int) -> bytes:
@@ -238,12 +395,66 @@ class TarReader:
         n = min(n, self._pending)
         if n <= 0:
             return b""
-        data = self._stream.read(n)
-        if not data:
+        if self._pos >= len(self._buf) and not self._refill():
             raise InvalidArchiveError("truncated tar: unexpected end of stream in file data")
+        pos = self._pos
+        data = self._buf[pos : pos + n]
+        self._pos = pos + len(data)
         self._pending -= len(data)
         self.offset += len(data)
         return data
+
+    def copy_body(self, out_fd: int) -> None:
+        """Write the rest of the current body to ``out_fd`` (and pass its padding)."""
+        left = self._pending
+        while left:
+            pos = self._pos
+            avail = len(self._buf) - pos
+            if not avail:
+                if self._fd >= 0 and left >= _KERNEL_COPY_MIN:
+                    self._kernel_copy(out_fd, left)
+                    break
+                if not self._refill():
+                    raise InvalidArchiveError(
+                        "truncated tar: unexpected end of stream in file data"
+                    )
+                pos, avail = 0, len(self._buf)
+            n = left if left < avail else avail
+            view = self._view[pos : pos + n]
+            while view:
+                view = view[os.write(out_fd, view) :]
+            self._pos = pos + n
+            self.offset += n
+            left -= n
+        self._pending = 0
+        if self._padding:
+            self._skip(self._padding, "padding")
+            self._padding = 0
+
+    def _kernel_copy(self, out_fd: int, count: int) -> None:
+        if self._src + count > self._src_end:
+            raise InvalidArchiveError("truncated tar: unexpected end of stream in file data")
+        self._charge(count)
+        while count:
+            try:
+                sent = os.sendfile(out_fd, self._fd, self._src, count)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                sent = self._copy_by_pread(out_fd, count)
+            if not sent:
+                raise InvalidArchiveError("truncated tar: unexpected end of stream in file data")
+            self._src += sent
+            self.offset += sent
+            count -= sent
+
+    def _copy_by_pread(self, out_fd: int, count: int) -> int:
+        """Where sendfile cannot write to this file: one chunk through a buffer."""
+        data = os.pread(self._fd, min(count, _READ), self._src)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(out_fd, view) :]
+        return len(data)
 
     def skip_body(self) -> None:
         """Discard whatever is left of the current body and its padding."""
@@ -256,24 +467,32 @@ class TarReader:
 
     # -- headers ----------------------------------------------------------
 
-    def _read_header_block(self) -> bytes | None:
-        block = self._stream.read(BLOCK)
-        if not block:
-            return None
-        self.offset += len(block)
-        if len(block) < BLOCK:
-            block += self._read_exact(BLOCK - len(block), "tar header")
-        return block
+    def _header_block(self) -> bytes | None:
+        pos = self._pos
+        end = pos + BLOCK
+        if end <= len(self._buf):
+            self._pos = end
+            self.offset += BLOCK
+            return self._buf[pos:end]
+        if pos >= len(self._buf):
+            if not self._refill():
+                return None
+            if len(self._buf) >= BLOCK:
+                self._pos = BLOCK
+                self.offset += BLOCK
+                return self._buf[:BLOCK]
+        return self._read_exact(BLOCK, "tar header")
 
     def next_entry(self) -> TarEntry | None:
         """The next member, or None at the end of the archive."""
-        self.skip_body()
+        if self._pending or self._padding:
+            self.skip_body()
         long_name: bytes | None = None
         long_link: bytes | None = None
         pax: dict[str, bytes] = {}
         extension_bytes = 0
         while True:
-            block = self._read_header_block()
+            block = self._header_block()
             if block is None:
                 if long_name is None and long_link is None and not pax:
                     return None  # EOF at a header boundary: accepted, like Go and Docker
@@ -283,13 +502,17 @@ class TarReader:
                     raise InvalidArchiveError("truncated tar: extension header without its entry")
                 self.saw_end_marker = True
                 return None  # end-of-archive marker; trailing blocks are ignored
-            stored = _number(block[148:156], "checksum")
+            try:
+                stored = int(block[148:156].rstrip(b"\x00 "), 8)
+                size = int(block[124:136].rstrip(b"\x00 "), 8)
+            except ValueError:
+                stored = _number(block[148:156], "checksum")
+                size = _number(block[124:136], "size")
             if not _checksum_ok(block, stored):
                 raise InvalidArchiveError(
                     f"bad tar header checksum at offset {self.offset - BLOCK}"
                 )
-            typeflag = chr(block[156]) if block[156] else TYPE_REG
-            size = _number(block[124:136], "size")
+            typeflag = _TYPEFLAGS[block[156]]
             if size < 0:
                 raise InvalidArchiveError("negative size in tar header")
             if typeflag in "xgLK":
@@ -298,19 +521,20 @@ class TarReader:
                     raise InvalidArchiveError(
                         f"extension headers of one entry: {extension_bytes} bytes exceeds the limit"
                     )
-            if typeflag == "x":
-                pax.update(_parse_pax(self._read_extension(size, "PAX header")))
-                continue
-            if typeflag == "g":
-                self._global_pax.update(_parse_pax(self._read_extension(size, "PAX global header")))
-                if len(self._global_pax) > MAX_GLOBAL_RECORDS:
-                    raise InvalidArchiveError(f"more than {MAX_GLOBAL_RECORDS} global PAX records")
-                continue
-            if typeflag == "L":
-                long_name = _cstr(self._read_extension(size, "GNU long name"))
-                continue
-            if typeflag == "K":
-                long_link = _cstr(self._read_extension(size, "GNU long link name"))
+                if typeflag == "x":
+                    pax.update(_parse_pax(self._read_extension(size, "PAX header")))
+                elif typeflag == "g":
+                    self._global_pax.update(
+                        _parse_pax(self._read_extension(size, "PAX global header"))
+                    )
+                    if len(self._global_pax) > MAX_GLOBAL_RECORDS:
+                        raise InvalidArchiveError(
+                            f"more than {MAX_GLOBAL_RECORDS} global PAX records"
+                        )
+                elif typeflag == "L":
+                    long_name = _cstr(self._read_extension(size, "GNU long name"))
+                else:
+                    long_link = _cstr(self._read_extension(size, "GNU long link name"))
                 continue
             return self._entry(block, typeflag, size, long_name, long_link, pax)
 
@@ -324,40 +548,54 @@ class TarReader:
         local_pax: dict[str, bytes],
     ) -> TarEntry:
         pax = {**self._global_pax, **local_pax} if self._global_pax else local_pax
-        magic = block[257:263]
         if long_name is not None:
             raw_name = long_name
-        elif magic == b"ustar\x00" and block[345] != 0:
+        elif block[345] and block[257:263] == b"ustar\x00":
             raw_name = _cstr(block[345:500]) + b"/" + _cstr(block[0:100])
         else:
-            raw_name = _cstr(block[0:100])
-        raw_link = long_link if long_link is not None else _cstr(block[157:257])
-        if typeflag == "S" or any(k.startswith("GNU.sparse.") for k in pax):
+            end = block.find(b"\x00", 0, 100)
+            raw_name = block[: end if end >= 0 else 100]
+        if typeflag == "S" or (pax and any(k.startswith("GNU.sparse.") for k in pax)):
             raise InvalidArchiveError("sparse files in layer tars are not supported")
         if typeflag == _TYPE_CONTIG:
             typeflag = TYPE_REG
         if typeflag == TYPE_REG and raw_name.endswith(b"/") and not block[156]:
             typeflag = TYPE_DIR  # old tars: a "regular" entry named like a directory
-        mtime = _number(block[136:148], "mtime")  # out of range: the epoch, as in _time_ns
+        try:  # the usual spelling; anything else goes the careful way
+            mode = int(block[100:108].rstrip(b"\x00 "), 8)
+            uid = int(block[108:116].rstrip(b"\x00 "), 8)
+            gid = int(block[116:124].rstrip(b"\x00 "), 8)
+            mtime = int(block[136:148].rstrip(b"\x00 "), 8)
+        except ValueError:
+            mode = _number(block[100:108], "mode")
+            uid = _number(block[108:116], "uid")
+            gid = _number(block[116:124], "gid")
+            mtime = _number(block[136:148], "mtime")
+        if long_link is not None:
+            linkname = _decode(long_link)
+        elif block[157]:
+            linkname = _decode(_cstr(block[157:257]))
+        else:
+            linkname = ""
+        device = typeflag in (TYPE_CHR, TYPE_BLK)
         entry = TarEntry(
-            name=_decode(raw_name),
-            type=typeflag,
-            mode=_number(block[100:108], "mode") & 0o7777,
-            uid=_number(block[108:116], "uid"),
-            gid=_number(block[116:124], "gid"),
-            size=size,
-            mtime_ns=mtime * 1_000_000_000 if -_MAX_SECONDS <= mtime <= _MAX_SECONDS else 0,
-            linkname=_decode(raw_link),
-            devmajor=_number(block[329:337], "devmajor") if typeflag in "34" else 0,
-            devminor=_number(block[337:345], "devminor") if typeflag in "34" else 0,
+            raw_name.decode("utf-8", "surrogateescape"),
+            typeflag,
+            mode & 0o7777,
+            uid,
+            gid,
+            size,
+            # out of range: the epoch, as in _time_ns
+            mtime * 1_000_000_000 if -_MAX_SECONDS <= mtime <= _MAX_SECONDS else 0,
+            linkname,
+            _number(block[329:337], "devmajor") if device else 0,
+            _number(block[337:345], "devminor") if device else 0,
         )
         if pax:
             self._apply_pax(entry, pax)
         if not (0 <= entry.uid <= _MAX_ID and 0 <= entry.gid <= _MAX_ID):
             raise InvalidArchiveError(f"{entry.name}: owner {entry.uid}:{entry.gid} out of range")
-        if typeflag in "34" and not (
-            0 <= entry.devmajor <= _MAX_ID and 0 <= entry.devminor <= _MAX_ID
-        ):
+        if device and not (0 <= entry.devmajor <= _MAX_ID and 0 <= entry.devminor <= _MAX_ID):
             raise InvalidArchiveError(f"{entry.name}: device number out of range")
         if entry.type in _HEADER_ONLY:
             entry.size = 0  # like Go's reader: these types never carry a body

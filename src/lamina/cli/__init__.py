@@ -2,7 +2,9 @@
 
 Each command module only parses arguments and prints; the work is the
 library's.  Errors become one line on stderr and an exit status chosen by
-exception class (see ``lamina --help``).
+exception class (see ``lamina --help``).  Command modules load when their
+command runs (see :mod:`lamina.cli._app`), so a command's process imports
+only what that command uses.
 """
 
 from __future__ import annotations
@@ -10,34 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from lamina.cli._app import cli
-from lamina.cli._demo_cmd import demo
-from lamina.cli._diff import apply_diff, changes, diff, diff_size
-from lamina.cli._layers import create, create_rw, exists, metadata, rm
-from lamina.cli._mount import mount, unmount
-from lamina.cli._store import cleanup, drivers, status
-from lamina.cli._windows import windows
 
 __all__ = ["cli", "main"]
-
-for _command in (
-    create,
-    create_rw,
-    rm,
-    mount,
-    unmount,
-    exists,
-    status,
-    metadata,
-    cleanup,
-    apply_diff,
-    diff,
-    changes,
-    diff_size,
-    drivers,
-    demo,
-    windows,
-):
-    cli.add_command(_command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,45 @@ from lamina.cli._common import (
 __all__ = ["cli"]
 
 
+# Command name -> (module, attribute).  Each command module is imported only
+# when its command runs (or help lists it): a ``lamina create`` process never
+# loads the Windows layer tools, the demo or the diff commands.
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "apply-diff": ("lamina.cli._diff", "apply_diff"),
+    "changes": ("lamina.cli._diff", "changes"),
+    "cleanup": ("lamina.cli._store", "cleanup"),
+    "create": ("lamina.cli._layers", "create"),
+    "create-rw": ("lamina.cli._layers", "create_rw"),
+    "demo": ("lamina.cli._demo_cmd", "demo"),
+    "diff": ("lamina.cli._diff", "diff"),
+    "diff-size": ("lamina.cli._diff", "diff_size"),
+    "drivers": ("lamina.cli._store", "drivers"),
+    "exists": ("lamina.cli._layers", "exists"),
+    "metadata": ("lamina.cli._layers", "metadata"),
+    "mount": ("lamina.cli._mount", "mount"),
+    "rm": ("lamina.cli._layers", "rm"),
+    "status": ("lamina.cli._store", "status"),
+    "unmount": ("lamina.cli._mount", "unmount"),
+    "windows": ("lamina.cli._windows", "windows"),
+}
+
+
 class _Group(click.Group):
-    """Runs a subcommand and turns library and OS errors into one line on stderr."""
+    """Loads subcommands on demand; turns library and OS errors into one line on stderr."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in _COMMANDS:
+            module_name, attr = _COMMANDS[cmd_name]
+            __import__(module_name)
+            command = getattr(sys.modules[module_name], attr)
+            if not isinstance(command, click.Command):
+                raise TypeError(f"{module_name}.{attr} is not a click command")
+            self.add_command(command, cmd_name)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, NoReturn
 
@@ -127,19 +126,35 @@ def default_root() -> Path:
     return Path(data) / "lamina"
 
 
-@dataclass
 class State:
     """The global options; the driver is started on first use only.
 
     Starting lazily keeps ``--help`` and ``drivers`` free of side effects
-    (starting a driver creates its home directory).
+    (starting a driver creates its home directory).  A plain class rather
+    than a dataclass: ``dataclasses`` would add its import to every command.
     """
 
-    root: Path
-    driver_name: str | None
-    options: dict[str, str] = field(default_factory=dict)
-    root_given: bool = False
-    _driver: drivers.Driver | None = None
+    __slots__ = ("_driver", "driver_name", "options", "root", "root_given")
+
+    def __init__(
+        self,
+        root: Path,
+        driver_name: str | None,
+        options: dict[str, str] | None = None,
+        root_given: bool = False,
+        _driver: drivers.Driver | None = None,
+    ) -> None:
+        self.root = root
+        self.driver_name = driver_name
+        self.options: dict[str, str] = {} if options is None else options
+        self.root_given = root_given
+        self._driver = _driver
+
+    def __repr__(self) -> str:
+        return (
+            f"State(root={self.root!r}, driver_name={self.driver_name!r}, "
+            f"options={self.options!r}, root_given={self.root_given!r})"
+        )
 
     @property
     def driver(self) -> drivers.Driver:

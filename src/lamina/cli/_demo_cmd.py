@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from lamina import _demo
 from lamina.cli._common import EXIT_ERROR, State, pass_state
 
 __all__ = ["demo"]
@@ -50,6 +49,8 @@ def demo(state: State, root: Path | None, driver_name: str | None, keep: bool) -
       lamina demo
       lamina demo --driver vfs --root /tmp/store --keep
     """
+    from lamina import _demo  # the tour needs tarfile, tempfile, hashing: only here
+
     if root is None and state.root_given:
         root = state.root
     result = _demo.run_demo(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 
 import click
 
@@ -88,6 +87,8 @@ def diff(state: State, id: str, parent: str | None, output: str | None) -> None:
       lamina diff ctr --parent base -o ctr.tar
       lamina diff ctr --parent base | zstd > ctr.tar.zst
     """
+    import shutil  # with bz2 and lzma behind it: only the command that copies a tar
+
     if output is None or output == "-":
         out = stdout_binary()
         refuse_terminal(out, "refusing to write a tar to a terminal; use -o or redirect")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from lamina.cli._common import EXIT_ERROR, State, key_value_pairs, pass_state
@@ -119,6 +117,8 @@ def metadata(state: State, id: str, as_json: bool) -> None:
     """
     data = state.driver.get_metadata(id)
     if as_json:
+        import json
+
         click.echo(json.dumps(data, indent=2, sort_keys=True))
         return
     for key, value in data.items():

@@ -12,14 +12,18 @@ vfs layers keeps using vfs rather than switching to overlay and hiding them.
 
 from __future__ import annotations
 
-import importlib
 import os
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from lamina.drivers._base import Driver, FileGetter, StorageOpts, validate_id
+from lamina._lazy import lazy_names
 from lamina.errors import InvalidArgumentError, NotSupportedError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at start-up
+if TYPE_CHECKING:
+    from lamina.drivers._base import Driver, FileGetter, StorageOpts, validate_id
 
 __all__ = [
     "PRIORITY",
@@ -33,7 +37,20 @@ __all__ = [
     "validate_id",
 ]
 
-DriverFactory = Callable[[Path, Mapping[str, str]], Driver]
+DriverFactory = Callable[[Path, Mapping[str, str]], "Driver"]
+
+# The base class loads with the first driver (or on first access): the registry
+# itself needs none of it, and the base class pulls in the mount machinery.
+_LAZY = {
+    "Driver": "lamina.drivers._base",
+    "FileGetter": "lamina.drivers._base",
+    "StorageOpts": "lamina.drivers._base",
+    "validate_id": "lamina.drivers._base",
+}
+
+
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, __all__)
+
 
 #: Automatic selection order on Linux.
 PRIORITY: tuple[str, ...] = ("overlay", "vfs")
@@ -109,7 +126,8 @@ def new_driver(
 def _lazy(module: str, cls: str) -> DriverFactory:
     def factory(home: Path, options: Mapping[str, str]) -> Driver:
         try:
-            driver_cls = getattr(importlib.import_module(module), cls)
+            __import__(module)
+            driver_cls = getattr(sys.modules[module], cls)
         except ImportError as exc:
             raise NotSupportedError(f"driver module {module} cannot be loaded: {exc}") from exc
         driver: Driver = driver_cls(home, options)

@@ -25,11 +25,14 @@ import contextlib
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from lamina._change import Change
-from lamina._fs import DETACHED, Mount, Mounter, RefStore
+from lamina._fs import Mounter
 from lamina.errors import InUseError, InvalidArgumentError, NotFoundError, NotSupportedError
+
+if TYPE_CHECKING:
+    from lamina._change import Change
+    from lamina._fs import Mount, RefStore
 
 __all__ = ["Driver", "FileGetter", "StorageOpts", "validate_id"]
 
@@ -145,6 +148,8 @@ class Driver(abc.ABC):
         """Cross-process hold counts; drivers that already keep one return theirs."""
         store: RefStore | None = getattr(self, "_detached_holds", None)
         if store is None:
+            from lamina._fs import RefStore  # only mount/unmount count holds across processes
+
             store = self._detached_holds = RefStore(self.home / ".run")
         return store
 
@@ -175,6 +180,8 @@ class Driver(abc.ABC):
                 return
             self._do_mount(spec)
 
+        from lamina._fs import DETACHED
+
         self._hold_store().acquire(
             str(spec.target), make, lambda: self._do_unmount(spec), holder=DETACHED
         )
@@ -186,6 +193,8 @@ class Driver(abc.ABC):
         if not self.exists(id):
             raise NotFoundError(f"layer {id} does not exist")
         spec = self._mount_spec(id, "")
+        from lamina._fs import DETACHED
+
         left = self._hold_store().release(
             str(spec.target), lambda: self._do_unmount(spec), DETACHED
         )

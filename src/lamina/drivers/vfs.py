@@ -43,17 +43,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from lamina import archive
 from lamina._fs import (
     Mount,
-    copy_tree,
     exchange_dirs,
     made_by_other_live_process,
     make_staging_dir,
@@ -73,6 +71,9 @@ from lamina.errors import (
     StateError,
 )
 
+if TYPE_CHECKING:
+    from lamina._fs import CopyStats
+
 __all__ = ["VfsDriver"]
 
 _XATTRS_OPTION = "vfs.xattrs"
@@ -86,6 +87,15 @@ def _check_size(value: str) -> None:
         "vfs has no quota mechanism here: the filesystem does not support, "
         "or has not enabled, quotas"
     )
+
+
+def copy_tree(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], *, best_effort_xattrs: bool = False
+) -> CopyStats:
+    """:func:`lamina._fs.copy_tree`, loaded on first use: a layer without parent is never copied."""
+    from lamina._fs import copy_tree as copy
+
+    return copy(src, dst, best_effort_xattrs=best_effort_xattrs)
 
 
 def _backing_filesystem(path: Path) -> str:
@@ -213,6 +223,8 @@ class VfsDriver(Driver):
         return self._state / f"{hashlib.sha256(id.encode()).hexdigest()[:32]}.{what}"
 
     def _mark(self, id: str, what: str, parent: str) -> None:
+        import json  # records are rare (a create with a parent, an apply): load on use
+
         os.makedirs(self._state, mode=0o700, exist_ok=True)
         text = json.dumps({"id": id, "parent": parent})
         write_file_atomic(self._record(id, what), text.encode(), 0o600, durable=False)
@@ -224,9 +236,12 @@ class VfsDriver(Driver):
     def _marked(self, id: str, what: str) -> str | None:
         """The parent recorded with the record, or None when there is no record."""
         try:
-            data = json.loads(self._record(id, what).read_bytes())
+            raw = self._record(id, what).read_bytes()
         except FileNotFoundError:
             return None
+        import json  # most layers have no record: load on use
+
+        data = json.loads(raw)
         return str(data["parent"])
 
     def remove(self, id: str) -> None:
@@ -289,6 +304,8 @@ class VfsDriver(Driver):
             names = os.listdir(self._state)
         except FileNotFoundError:
             return
+        import json
+
         for name in names:
             what = name.rpartition(".")[2]
             try:
