@@ -103,6 +103,8 @@ class Group:
     prepare: Callable[[], None] | None = None
     finish: Callable[[], None] | None = None
     notes: list[str] = field(default_factory=list)
+    #: measurements made while preparing (``prepare`` may add to it and to ``notes``)
+    extra: dict[str, Any] = field(default_factory=dict)
     drop_caches: bool = True
     runs: int | None = None
     #: labels of extra references: ratio of medians (same rounds) is reported too
@@ -253,6 +255,7 @@ class Runner:
         try:
             if g.prepare is not None:
                 g.prepare()
+                out["notes"], out["extra"] = list(g.notes), dict(g.extra)
         except Exception as exc:  # a broken preparation skips the group, with its reason
             out["error"] = f"preparation failed: {type(exc).__name__}: {last_line(str(exc))}"
             self.say(out["error"])

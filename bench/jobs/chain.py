@@ -47,6 +47,9 @@ def groups(ctx: Context) -> list[Group]:
         detached = ("detached_views=true",)
         lam_mount = ctx.lamina(lroot, "overlay", "mount", ident, opts=detached)
         lam_unmount = ctx.lamina(lroot, "overlay", "unmount", ident, opts=detached)
+        # the same driver calls as one library call in a process (like apply_layer vs tar)
+        lib_mount = ctx.entry("mount", "overlay", str(lroot), ident, *detached)
+        lib_unmount = ctx.entry("unmount", "overlay", str(lroot), ident, *detached)
         need = ctx.require("chain-lamina-overlay")
         check = (
             f'm=$({lam_mount}) && s=$(cat "$m/etc/chain-state") && '
@@ -74,6 +77,15 @@ def groups(ctx: Context) -> list[Group]:
                     lamina=True,
                     check=check,
                 ),
+                Variant(
+                    "lamina overlay driver.mount (library call, one process)",
+                    f"{lib_mount} >/dev/null",
+                    need,
+                    lib_unmount,
+                    prime=ctx.p_lamina,
+                    lamina=True,
+                    note="the CLI's call without its command-line parser (click)",
+                ),
             ],
             prepare=prepare if n == 0 else None,
             notes=[f"layer {depth} of one {top}-layer chain; vfs left out (get is a no-op)"],
@@ -93,6 +105,13 @@ def groups(ctx: Context) -> list[Group]:
                     "lamina overlay unmount (CLI put)",
                     lam_unmount,
                     f"{need} && {lam_mount} >/dev/null",
+                    prime=ctx.p_lamina,
+                    lamina=True,
+                ),
+                Variant(
+                    "lamina overlay driver.unmount (library call, one process)",
+                    lib_unmount,
+                    f"{need} && {lib_mount} >/dev/null",
                     prime=ctx.p_lamina,
                     lamina=True,
                 ),

@@ -13,6 +13,10 @@ usage:
   entry.py mkchain OUT_DIR N                    write N tiny layer tars (deep-chain fixture)
   entry.py mutate DIR N                         change N files of a tree (deterministic)
   entry.py mutate-layer DRIVER ROOT ID N        mutate the layer's view (get, mutate, put)
+  entry.py mount DRIVER ROOT ID [K=V ...]       driver.mount(ID) (the get of the CLI's mount)
+  entry.py unmount DRIVER ROOT ID [K=V ...]     driver.unmount(ID)
+  entry.py calls DRIVER ROOT ID PARENT          ms of changes() and diff_size() alone, each
+                                                after dropping the caches (root; untimed)
 """
 
 from __future__ import annotations
@@ -154,7 +158,51 @@ def _mutate_layer(args: list[str]) -> None:
         _mutate([str(view), args[3]])
 
 
+def _driver_options(args: list[str]) -> dict[str, str]:
+    return dict(a.split("=", 1) for a in args)
+
+
+def _mount(args: list[str]) -> None:
+    from lamina import drivers
+
+    driver = drivers.new_driver(args[0], args[1], _driver_options(args[3:]))
+    print(driver.mount(args[2]))
+
+
+def _unmount(args: list[str]) -> None:
+    from lamina import drivers
+
+    drivers.new_driver(args[0], args[1], _driver_options(args[3:])).unmount(args[2])
+
+
+def _calls(args: list[str]) -> None:
+    import time
+
+    from lamina import drivers
+
+    driver = drivers.new_driver(args[0], args[1], {})
+    layer, parent = args[2], args[3]
+
+    def drop_caches() -> None:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+
+    drop_caches()
+    t = time.perf_counter()
+    found = driver.changes(layer, parent)
+    changes_ms = (time.perf_counter() - t) * 1000
+    drop_caches()
+    t = time.perf_counter()
+    size = driver.diff_size(layer, parent)
+    size_ms = (time.perf_counter() - t) * 1000
+    print(f"{changes_ms:.3f} {size_ms:.3f} {len(found)} {size}")
+
+
 COMMANDS = {
+    "calls": _calls,
+    "mount": _mount,
+    "unmount": _unmount,
     "mutate-layer": _mutate_layer,
     "apply": _apply,
     "export-tree": _export_tree,

@@ -11,6 +11,7 @@ import pytest
 from lamina._fs import Mount
 from lamina._fs._mount import (
     _split_lowerdir,
+    is_mounted,
     is_mountpoint,
     mount,
     mount_spec,
@@ -46,6 +47,22 @@ def test_mountinfo_parses_escaped_fields(tmp_path: Path) -> None:
     assert rows[0].super_options == "rw,errors=continue"
     assert rows[1].fstype == "overlay" and rows[1].super_options == "rw,lowerdir=x"
     assert rows[2].fstype == "tmpfs" and rows[2].parent_id == 36 and rows[2].mount_id == 38
+
+
+def test_is_mounted_matches_escaped_mount_points_exactly(tmp_path: Path) -> None:
+    table = tmp_path / "mountinfo"
+    table.write_bytes(
+        b"36 35 98:0 /mnt/with\\040space /other rw - ext3 /dev/root rw\n"
+        b"37 36 0:42 / /a\\134b\\011c rw - overlay overlay rw,lowerdir=x\n"
+        b"38 36 0:43 / /plain rw shared:5 - tmpfs tmpfs rw\n"
+    )
+    path = str(table)
+    assert is_mounted("/a\\b\tc", path)
+    assert is_mounted("/plain", path) and is_mounted("/other", path)
+    # the escaped text of /mnt/with space occurs, but as a root, not a mount point
+    assert not is_mounted("/mnt/with space", path)
+    assert not is_mounted("/pla", path) and not is_mounted("/plain/x", path)
+    assert is_mounted("/") and not is_mounted(str(tmp_path))
 
 
 def test_mountinfo_of_this_process_has_the_root() -> None:

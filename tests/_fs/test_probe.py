@@ -10,6 +10,7 @@ import pytest
 
 from lamina._fs import _probe
 from lamina._fs._probe import (
+    ProbeFile,
     backing_fs,
     boot_id,
     overlay_max_lowers,
@@ -122,3 +123,37 @@ def test_cache_tells_reformatted_filesystems_apart(tmp_path: Path) -> None:
         finally:
             umount(mnt)
     assert [ok for _, ok in results] == [False, True]
+
+
+def test_probe_file_keeps_values_for_its_key_only(tmp_path: Path) -> None:
+    path = tmp_path / "probes"
+    probes = ProbeFile(path, "fs-1", "index=off")
+    assert probes.get("max_lowers") is None
+    probes.put("max_lowers", "500")
+    probes.put("mount", "ok")
+    probes.save()
+    again = ProbeFile(path, "fs-1", "index=off")  # another process, same key
+    assert again.get("max_lowers") == "500" and again.get("mount") == "ok"
+    assert ProbeFile(path, "fs-2", "index=off").get("max_lowers") is None
+    assert ProbeFile(path, "fs-1", "index=on").get("mount") is None
+    assert path.read_text().splitlines()[0].startswith(f"key {boot_id()} {os.uname().release} ")
+    assert [p.name for p in tmp_path.iterdir()] == ["probes"]  # no temporary file left
+
+
+def test_probe_file_survives_garbage_and_unwritable_places(tmp_path: Path) -> None:
+    path = tmp_path / "probes"
+    path.write_bytes(b"\xff\xfe not a probe file\n")
+    probes = ProbeFile(path, "fs")
+    assert probes.get("mount") is None
+    probes.put("mount", "ok")
+    probes.save()
+    assert ProbeFile(path, "fs").get("mount") == "ok"
+    lost = ProbeFile(tmp_path / "missing-dir" / "probes", "fs")
+    lost.put("mount", "ok")
+    lost.save()  # only means probing again next time
+    assert not (tmp_path / "missing-dir").exists()
+
+
+def test_boot_id_is_read_once() -> None:
+    assert boot_id() == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert boot_id() is boot_id()

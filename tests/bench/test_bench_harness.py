@@ -124,3 +124,42 @@ def test_failing_lamina_variant_is_skipped_with_its_reason(tmp_path: Path) -> No
     assert "skipped" in table and "export_tree is a stub" in table
     assert "| peer (ref) |" in table
     assert "| dir | warm | no |" in table  # never passed off as the loop-mounted ext4
+
+
+def test_measurements_made_while_preparing_reach_the_results_and_the_targets(
+    tmp_path: Path,
+) -> None:
+    """What ``prepare`` measures (the in-process call alone) lands beside the target's ratio."""
+    _need_benchlib()
+    from _report import targets_table
+
+    scratch = Scratch(tmp_path / "scratch", None, "dir")
+    py = sys.executable
+    notes: list[str] = []
+    extra: dict[str, object] = {}
+
+    def prepare() -> None:
+        extra["call_alone_ms"] = {"changes": 12.5, "diff_size": 3.25}
+        notes.append("measured while preparing")
+
+    group = Group(
+        name="changes-100-on-small",
+        job="changes",
+        title="walk vs changes",
+        variants=[
+            Variant("full walk", f"{py} -c 'pass'"),
+            Variant("lamina overlay changes (CLI, native)", f"{py} -c 'pass'", lamina=True),
+        ],
+        prepare=prepare,
+        notes=notes,
+        extra=extra,
+    )
+    with scratch:
+        runner = Runner(BENCHLIB, py, 1, 0, False, scratch, tmp_path / "log", verbose=False)
+        out = runner.run_group(group)
+    assert out["notes"] == ["measured while preparing"]
+    assert out["extra"] == {"call_alone_ms": {"changes": 12.5, "diff_size": 3.25}}
+    ref = out["records"][0]["median"]
+    rows = [r for r in targets_table({"groups": [out]}) if r.startswith("| overlay changes")]
+    assert len(rows) == 1
+    assert f"changes() call alone, in-process: 12.5 ms = x{12.5 / 1000 / ref:.3f}" in rows[0]

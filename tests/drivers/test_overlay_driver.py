@@ -691,3 +691,78 @@ def test_set_quota_with_xfs_project_quota(xfs_pquota: Path) -> None:
         assert (driver.home / "overlayTest" / "quota").read_text().startswith("project ")
     finally:
         driver.cleanup()
+
+
+def test_probe_verdicts_are_kept_for_the_next_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second driver on the store trusts the probe file instead of mounting scratch overlays."""
+    from lamina._fs import _probe
+    from lamina.drivers.overlay import _driver
+
+    first = new_driver("overlay", tmp_path / "root")
+    assert isinstance(first, OverlayDriver)
+    depth = first.max_lowers
+    first.create("base")
+    text = (first.runroot / "probes").read_text()
+    assert "mount ok" in text and "d_type 1" in text
+
+    def refuse(*args: object, **kwargs: object) -> object:
+        raise AssertionError("probed again")
+
+    monkeypatch.setattr(_probe, "_cache", {})  # as in a fresh process
+    for name in ("probe_overlay_mount", "supports_d_type", "overlay_max_lowers"):
+        monkeypatch.setattr(_driver, name, refuse)
+    second = new_driver("overlay", tmp_path / "root")
+    assert isinstance(second, OverlayDriver)
+    assert second.max_lowers == depth
+    with second.mounted("base") as root:
+        assert root.is_dir()
+    # another kernel, boot or filesystem: the key differs and the probes run again
+    (first.runroot / "probes").write_text(text.replace("key ", "key other-boot ", 1))
+    with pytest.raises(AssertionError, match="probed again"):
+        new_driver("overlay", tmp_path / "root")
+    first.cleanup()
+    second.cleanup()
+
+
+def test_view_over_a_size_limited_parent_mounts_its_image_on_demand(
+    driver: OverlayDriver,
+) -> None:
+    """After a reboot (here: cleanup) a limited parent's image is mounted by the child's get."""
+    if dict(driver.status())["Quota"].startswith("unsupported"):
+        pytest.skip(dict(driver.status())["Quota"])
+    driver.create("base")
+    driver.create_read_write("limited", "base", storage_opt={"size": "8M"})
+    if not (driver.home / "limited" / "quota.img").exists():
+        pytest.skip("the size limit here is a project quota, not an image")
+    with driver.mounted("limited") as root:
+        _write(root, "from-limited", b"kept")
+    driver.create("child", "limited")
+    driver.cleanup()  # unmounts the image: the parent's diff/ dangles
+    assert not is_mountpoint(driver.home / "limited" / "quota")
+    with driver.mounted("child") as root:
+        assert (root / "from-limited").read_bytes() == b"kept"
+    assert is_mountpoint(driver.home / "limited" / "quota")
+
+
+def test_detached_unmount_from_another_driver_needs_no_chain_walk(tmp_path: Path) -> None:
+    """``lamina mount`` / ``lamina unmount`` as two processes; too many unmounts refused."""
+    options = {"detached_views": "true"}
+    a = new_driver("overlay", tmp_path / "root", options)
+    a.create("base")
+    a.create("top", "base")
+    view = a.mount("top")
+    assert is_mountpoint(view)
+    b = new_driver("overlay", tmp_path / "root", options)
+    b.unmount("top")
+    assert not is_mountpoint(view)
+    with pytest.raises(InUseError):
+        b.unmount("top")
+    direct = a.mount("base")  # a layer without parent is served as its diff/
+    assert direct == Path(a.get_metadata("base")["UpperDir"])
+    b.unmount("base")
+    with pytest.raises(InUseError):
+        b.unmount("base")
+    a.cleanup()
+    assert mounts_below(tmp_path) == []

@@ -37,6 +37,7 @@ __all__ = [
     "MNT_DETACH",
     "MS_RDONLY",
     "MountInfo",
+    "is_mounted",
     "is_mountpoint",
     "mount",
     "mount_spec",
@@ -347,10 +348,47 @@ class MountInfo:
     super_options: str
 
 
+def _escape(path: str) -> bytes:
+    """A path as mountinfo writes it: space, tab, newline and backslash as \\ooo octal."""
+    raw = os.fsencode(path)
+    for ch in b"\\ \t\n":
+        raw = raw.replace(bytes([ch]), b"\\%03o" % ch)
+    return raw
+
+
+def _read_all(path: str) -> bytes:
+    """The whole of a (proc) file, in as few read calls as its size allows."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks: list[bytes] = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
+def is_mounted(target: str, path: str = "/proc/self/mountinfo") -> bool:
+    """Whether something is mounted exactly at the absolute, resolved path ``target``.
+
+    The hot-path form of :func:`is_mountpoint` (every shared ``get`` and
+    ``put`` asks): one read of mountinfo and a byte search, parsed only
+    when the escaped path occurs at all.
+    """
+    data = _read_all(path)
+    if b" " + _escape(target) + b" " not in data:
+        return False
+    return any(m.mountpoint == target for m in _parse_mountinfo(data))
+
+
 def mountinfo(path: str = "/proc/self/mountinfo") -> list[MountInfo]:
     """Parse the mount table of this process's mount namespace."""
-    with open(path, "rb") as f:
-        data = f.read()
+    return _parse_mountinfo(_read_all(path))
+
+
+def _parse_mountinfo(data: bytes) -> list[MountInfo]:
     result = []
     for raw in data.decode(errors="surrogateescape").splitlines():
         fields = raw.split(" ")

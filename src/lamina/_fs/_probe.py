@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import json
 import os
 import stat
 import struct
@@ -38,8 +37,11 @@ from lamina._fs._mounter import Mount
 __all__ = [
     "FS_NAMES",
     "NativeDiffProbe",
+    "ProbeFile",
     "backing_fs",
     "boot_id",
+    "fs_identity",
+    "fs_name",
     "is_dir_on_own_fs",
     "overlay_max_lowers",
     "probe_native_diff",
@@ -89,19 +91,34 @@ def statfs_magic(path: str | os.PathLike[str]) -> int:
     return magic & 0xFFFFFFFF
 
 
-def backing_fs(path: str | os.PathLike[str]) -> str:
-    """Docker's name for the filesystem holding ``path`` ("extfs", "xfs", ...)."""
-    magic = statfs_magic(path)
+def fs_name(magic: int) -> str:
+    """Docker's name for a filesystem magic number ("extfs", "xfs", ...)."""
     return FS_NAMES.get(magic, f"<unknown 0x{magic:x}>")
 
 
+def backing_fs(path: str | os.PathLike[str]) -> str:
+    """Docker's name for the filesystem holding ``path`` ("extfs", "xfs", ...)."""
+    return fs_name(statfs_magic(path))
+
+
+_boot_id: list[str] = []
+
+
 def boot_id() -> str:
-    """This boot's random id: state that does not survive a reboot is keyed by it."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-            return f.read().strip()
-    except OSError:
-        return "unknown"
+    """This boot's random id: state that does not survive a reboot is keyed by it.
+
+    Read once per process (a process does not outlive its boot).
+    """
+    if not _boot_id:
+        try:
+            fd = os.open("/proc/sys/kernel/random/boot_id", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                _boot_id.append(os.read(fd, 256).decode("ascii").strip() or "unknown")
+            finally:
+                os.close(fd)
+        except (OSError, UnicodeDecodeError):
+            return "unknown"
+    return _boot_id[0]
 
 
 def _fs_identity(path: str | os.PathLike[str]) -> tuple[int, int]:
@@ -113,6 +130,83 @@ def _fs_identity(path: str | os.PathLike[str]) -> tuple[int, int]:
     and btrfs derive ``f_fsid`` from the filesystem's UUID.
     """
     return os.stat(path).st_dev, os.statvfs(path).f_fsid
+
+
+def fs_identity(path: str | os.PathLike[str]) -> str:
+    """:func:`_fs_identity` as text, for keys of persisted probe results."""
+    dev, fsid = _fs_identity(path)
+    return f"{dev}:{fsid}"
+
+
+class ProbeFile:
+    """Probe verdicts persisted in a small text file, valid while its key holds.
+
+    Every process of a store would otherwise repeat the same probes (a
+    scratch overlay mount, a d_type listing, 500 ``fsconfig`` calls for the
+    depth limit) although their answers only change with the boot, the
+    kernel, the filesystem and the mount options: the key is made of those.
+    The file is a key line and ``name value`` lines; it is replaced whole
+    (write to a temporary name, rename), and a lost race only costs a
+    probe, so it needs no lock.  Unreadable or stale files read as empty.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *key_parts: str) -> None:
+        self.path = os.fspath(path)
+        key = " ".join((boot_id(), os.uname().release, *key_parts))
+        self.key = key.replace("\n", " ")
+        self._values: dict[str, str] | None = None
+        self._dirty = False
+
+    def _load(self) -> dict[str, str]:
+        if self._values is None:
+            values: dict[str, str] = {}
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                try:
+                    data = os.read(fd, 1 << 16)
+                finally:
+                    os.close(fd)
+            except OSError:
+                data = b""
+            lines = data.decode("utf-8", errors="replace").split("\n")
+            if lines[0] == f"key {self.key}":
+                for line in lines[1:]:
+                    name, sep, value = line.partition(" ")
+                    if sep:
+                        values[name] = value
+            self._values = values
+        return self._values
+
+    def get(self, name: str) -> str | None:
+        """The stored value of ``name`` for this key, or None."""
+        return self._load().get(name)
+
+    def put(self, name: str, value: str) -> None:
+        """Remember ``name`` (kept in memory until :meth:`save`)."""
+        values = self._load()
+        if values.get(name) != value:
+            values[name] = value
+            self._dirty = True
+
+    def save(self) -> None:
+        """Write the values if any changed; failures only mean probing again."""
+        if not self._dirty or self._values is None:
+            return
+        text = "".join(
+            [f"key {self.key}\n", *(f"{n} {v}\n" for n, v in sorted(self._values.items()))]
+        )
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            self._dirty = False
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 _cache: dict[tuple[Any, ...], Any] = {}
@@ -310,6 +404,8 @@ def probe_native_diff(
     cache_file: str | os.PathLike[str] | None = None,
 ) -> NativeDiffProbe:
     """Docker's ``doesSupportNativeDiff`` plus the metacopy check, on these mount options."""
+    import json  # only this probe keeps JSON
+
     key_data = {
         "boot_id": boot_id(),
         "kernel": os.uname().release,

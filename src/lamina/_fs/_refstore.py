@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from lamina._fs._mount import MNT_DETACH, MountInfo, mountinfo, umount
+from lamina._fs._mount import MNT_DETACH, MountInfo, is_mounted, mountinfo, umount
 from lamina._fs._mounter import Mount, Mounter, MountFn, UnmountFn
 from lamina._fs._probe import boot_id
 
@@ -107,6 +106,8 @@ class RefStore:
                 finally:
                     self._depth -= 1
                 return
+            import json  # not at module level: layer creation never counts views
+
             os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
             fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
@@ -124,6 +125,8 @@ class RefStore:
                 os.close(fd)  # releases the flock
 
     def _load(self) -> _Table:
+        import json
+
         try:
             with open(self._state_path, encoding="utf-8") as f:
                 data: Any = json.load(f)
@@ -143,6 +146,8 @@ class RefStore:
         return table
 
     def _save(self, table: _Table) -> None:
+        import json
+
         tmp = self._state_path.with_name(f"mounts.json.{os.getpid()}.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump({"boot_id": boot_id(), "mounts": table}, f, sort_keys=True)
@@ -165,8 +170,9 @@ class RefStore:
 
     @staticmethod
     def _mounted(target: str, mounts: Iterable[MountInfo] | None = None) -> bool:
-        table = mounts if mounts is not None else mountinfo()
-        return any(m.mountpoint == target for m in table)
+        if mounts is None:
+            return is_mounted(target)
+        return any(m.mountpoint == target for m in mounts)
 
     def acquire(
         self,
@@ -243,7 +249,7 @@ class RefStore:
         do_unmount = unmount or (lambda t: umount(t, MNT_DETACH))
         unmounted = []
         with self.locked() as table:
-            mounts = mountinfo()
+            mounts = mountinfo()  # read under the lock: views change only under it
             for target in sorted(set(table) | set(candidates)):
                 if self._live(table, target):
                     continue

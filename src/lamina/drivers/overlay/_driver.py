@@ -65,18 +65,18 @@ from lamina._fs import (
     MNT_DETACH,
     Mount,
     Mounter,
+    MountInfo,
     NativeDiffProbe,
     ProjectQuota,
     RefStore,
     SharedMounter,
-    backing_fs,
     create_image,
     image_is_mounted,
     made_by_other_live_process,
     make_staging_dir,
     mount_image,
     mount_spec,
-    mounts_below,
+    mountinfo,
     new_mount_api_supported,
     overlay_max_lowers,
     probe_native_diff,
@@ -91,6 +91,7 @@ from lamina._fs import (
     unmount_image,
     write_file_atomic,
 )
+from lamina._fs._probe import ProbeFile, fs_identity, fs_name
 from lamina._fs._quota import grow_image, grow_mounted_image
 from lamina._units import ram_in_bytes
 from lamina.archive._overlay_changes import overlay_changes, upper_size
@@ -283,7 +284,7 @@ class OverlayDriver(Driver):
         home = Path(home).absolute()
         testdir = _existing_ancestor(home)
         magic = statfs_magic(testdir)
-        self.backing_fs = backing_fs(testdir)
+        self.backing_fs = fs_name(magic)
         if magic in _REFUSED_FS:
             raise IncompatibleFilesystemError(
                 f"overlay cannot run on {_REFUSED_FS[magic]} ({testdir}): "
@@ -291,10 +292,60 @@ class OverlayDriver(Driver):
             )
         self._base_options = _base_mount_options()
         extra = [o for o in opts.get("mountopt", "").split(",") if o]
+        self._mount_options = (*self._base_options, *extra)
+        real_home = os.path.realpath(home)  # of what exists of it: the same once made
+        # the store's own runtime directory is where it is (or will be) without the option
+        default_runroot = _default_runroot(Path(real_home))
+        self.runroot = Path(opts.get("runroot", default_runroot)).absolute()
+        # every process of a store would repeat these probes: their verdicts
+        # are kept in the runtime directory, keyed by boot, kernel, fs and options
+        self._probes = ProbeFile(
+            self.runroot / "probes", fs_identity(testdir), ",".join(self._mount_options)
+        )
         api = opts.get("mount_api", "auto")
-        if api == "new" and not new_mount_api_supported("overlay"):
+        new_api_ok = self._probes.get("new_api") == "1"
+        if not new_api_ok and self._probes.get("new_api") != "0":
+            new_api_ok = new_mount_api_supported("overlay")
+            self._probes.put("new_api", "1" if new_api_ok else "0")
+        if api == "new" and not new_api_ok:
             raise PrerequisitesError("overlay: the kernel has no new mount API with lowerdir+")
-        self._new_api = api != "legacy" and new_mount_api_supported("overlay")
+        self._new_api = api != "legacy" and new_api_ok
+        if self._probes.get("mount") != "ok":
+            self._probe_mount(testdir, extra)
+            self._probes.put("mount", "ok")
+        if self._probes.get("d_type") != "1":
+            if not supports_d_type(testdir):
+                raise IncompatibleFilesystemError(
+                    f"overlay: {self.backing_fs} at {testdir} is formatted without d_type "
+                    "support (xfs: mkfs.xfs -n ftype=1; ext4: tune2fs -O filetype)"
+                )
+            self._probes.put("d_type", "1")
+        if testdir != home:
+            os.makedirs(home, mode=0o710, exist_ok=True)
+            real_home = os.path.realpath(home)
+        self._root = Path(real_home)
+        os.makedirs(self._root / LINK_DIR, mode=0o700, exist_ok=True)
+        self._links = self._root / LINK_DIR
+        self._staging = self._root / STAGING_DIR
+        self._removing = self._root / REMOVING_DIR
+        self._store = RefStore(self.runroot)
+        self._probes.save()
+        self._default_size = ram_in_bytes(opts["size"]) if "size" in opts else 0
+        self._quota_mode = opts.get("quota", "auto")
+        self._native_mode = opts.get("native_diff", "auto")
+        self._detached = opts.get("detached_views", "false") == "true"
+        self._lock = threading.Lock()
+        self._in_flight: set[str] = set()
+        self._native_probe: NativeDiffProbe | None = None
+        self._project_quota: ProjectQuota | None = None
+        self._quota_error: QuotaNotSupportedError | None = None
+        self._quota_checked = False
+        self._max_lowers: int | None = None if self._new_api else _LEGACY_MAX_LOWERS
+        super().__init__(home, options)
+        self._reconcile(startup=True)
+
+    def _probe_mount(self, testdir: Path, extra: list[str]) -> None:
+        """Mount a scratch overlay, so that an unusable kernel or filesystem fails here."""
         try:
             probe_overlay_mount(testdir, self._base_options)
         except OSError as exc:
@@ -312,43 +363,30 @@ class OverlayDriver(Driver):
             ) from exc
         if extra:
             try:
-                probe_overlay_mount(testdir, [*self._base_options, *extra])
+                probe_overlay_mount(testdir, self._mount_options)
             except OSError as exc:
                 raise InvalidArgumentError(
                     f"overlay: mountopt {','.join(extra)} rejected: {exc.strerror}",
                     errno=exc.errno,
                 ) from exc
-        self._mount_options = (*self._base_options, *extra)
-        if not supports_d_type(testdir):
-            raise IncompatibleFilesystemError(
-                f"overlay: {self.backing_fs} at {testdir} is formatted without d_type "
-                "support (xfs: mkfs.xfs -n ftype=1; ext4: tune2fs -O filetype)"
-            )
-        os.makedirs(home, mode=0o710, exist_ok=True)
-        self._root = Path(os.path.realpath(home))
-        os.makedirs(self._root / LINK_DIR, mode=0o700, exist_ok=True)
-        self._links = self._root / LINK_DIR
-        self._staging = self._root / STAGING_DIR
-        self._removing = self._root / REMOVING_DIR
-        runroot = Path(opts["runroot"]) if "runroot" in opts else _default_runroot(self._root)
-        self.runroot = runroot.absolute()
-        self._store = RefStore(self.runroot)
-        self._default_size = ram_in_bytes(opts["size"]) if "size" in opts else 0
-        self._quota_mode = opts.get("quota", "auto")
-        self._native_mode = opts.get("native_diff", "auto")
-        self._detached = opts.get("detached_views", "false") == "true"
-        self._lock = threading.Lock()
-        self._in_flight: set[str] = set()
-        self._native_probe: NativeDiffProbe | None = None
-        self._project_quota: ProjectQuota | None = None
-        self._quota_error: QuotaNotSupportedError | None = None
-        self._quota_checked = False
-        if self._new_api:
-            self.max_lowers = overlay_max_lowers() or _KERNEL_MAX_LOWERS
-        else:
-            self.max_lowers = _LEGACY_MAX_LOWERS
-        super().__init__(home, options)
-        self._reconcile()
+
+    @property
+    def max_lowers(self) -> int:
+        """How many lower layers a view may stack: 128 with mount(2), else the kernel's.
+
+        The kernel's limit costs about 500 ``fsconfig`` calls to measure, so
+        it is measured once per boot and kernel (kept with the other probe
+        verdicts), and only asked for by chains deeper than 128.
+        """
+        if self._max_lowers is None:
+            stored = self._probes.get("max_lowers") or ""
+            if stored.isdigit():
+                self._max_lowers = int(stored)
+            else:
+                self._max_lowers = overlay_max_lowers() or _KERNEL_MAX_LOWERS
+                self._probes.put("max_lowers", str(self._max_lowers))
+                self._probes.save()
+        return self._max_lowers
 
     def _make_mounter(self) -> Mounter:
         return SharedMounter(self._store, self._do_mount, self._do_unmount)
@@ -613,7 +651,7 @@ class OverlayDriver(Driver):
         if parent:
             parent_dir = self._existing_dir(parent)
             lowers = [f"{LINK_DIR}/{read_link(parent_dir)}", *(read_lower(parent_dir) or [])]
-            if len(lowers) > self.max_lowers:
+            if len(lowers) > _LEGACY_MAX_LOWERS and len(lowers) > self.max_lowers:
                 raise MaxDepthError(
                     f"max depth exceeded: layer {id} would have {len(lowers)} lower layers; "
                     f"overlayfs here stacks at most {self.max_lowers}"
@@ -758,10 +796,12 @@ class OverlayDriver(Driver):
     def _mount_spec(self, id: str, mount_label: str) -> Mount:
         path = self._existing_dir(id)
         lower = read_lower(path)
-        diff = self._diff_dir(id)
+        diff = Path(self._upper(id))
         if lower is None:
             return Mount(type="direct", source=str(diff), target=diff)
-        self._lower_dirs(path)  # mounts the images of size-limited parents, after a reboot
+        # the images of size-limited parents (unmounted by a reboot) are
+        # mounted by _do_mount if the kernel cannot find a lower: checking
+        # them here would cost two readlinks per layer of the chain
         options = list(self._mount_options)
         if (path / "committed").exists():
             options.append("lowerdir=" + ":".join([f"{LINK_DIR}/{read_link(path)}", *lower]))
@@ -795,6 +835,25 @@ class OverlayDriver(Driver):
             )
         return spec.target
 
+    def _hold_store(self) -> RefStore:
+        """``lamina mount`` holds are counted in the store that counts every view."""
+        return self._store
+
+    def _view_target(self, id: str) -> Mount:
+        """Just enough of the view's spec to release it: its kind and target."""
+        path = self._existing_dir(id)
+        if read_lower(path) is None:
+            diff = Path(self._upper(id))
+            return Mount(type="direct", source=str(diff), target=diff)
+        return Mount("overlay", "overlay", path / "merged")
+
+    def unmount(self, id: str) -> None:
+        """Release one ``mount`` (from any process); the view goes away at the last one."""
+        spec = self._view_target(id)
+        left = self._store.release(str(spec.target), lambda: self._do_unmount(spec), DETACHED)
+        if left < 0:
+            raise InUseError(f"unmount of {id!r} without a matching mount")
+
     def put(self, id: str) -> None:
         """Release one ``get``; with ``detached_views`` one detached hold, from any process."""
         if not self._detached:
@@ -808,12 +867,21 @@ class OverlayDriver(Driver):
             raise InUseError(f"put of {id!r} without a matching get")
 
     def _do_mount(self, spec: Mount) -> None:
-        os.makedirs(spec.target, mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(spec.target, 0o700)
         try:
-            mount_spec(spec, new_api=self._new_api)
-        except OSError as exc:
+            try:
+                mount_spec(spec, new_api=self._new_api)
+            except FileNotFoundError:
+                # a lower that is a size-limited layer whose image is not
+                # mounted (after a reboot): mount the chain's images, retry
+                self._lower_dirs(Path(spec.target).parent)
+                mount_spec(spec, new_api=self._new_api)
+        except (OSError, LaminaError) as exc:
             with contextlib.suppress(OSError):
                 os.rmdir(spec.target)
+            if isinstance(exc, LaminaError):
+                raise
             raise _mount_error(exc, f"cannot mount {spec.target}") from exc
 
     def _do_unmount(self, spec: Mount) -> None:
@@ -827,17 +895,26 @@ class OverlayDriver(Driver):
         with contextlib.suppress(OSError):
             os.rmdir(spec.target)
 
-    def _view_mounts(self) -> list[str]:
+    def _view_mounts(self, table: list[MountInfo] | None = None) -> list[str]:
         """Overlay views mounted at ``home/<id>/merged`` (whoever mounted them)."""
         found = []
-        for m in mounts_below(self._root):
-            rel = Path(os.path.relpath(m.mountpoint, self._root)).parts
+        prefix = f"{self._root}/"
+        for m in table if table is not None else mountinfo():
+            if not m.mountpoint.startswith(prefix):
+                continue
+            rel = m.mountpoint[len(prefix) :].split("/")
             if len(rel) == 2 and rel[1] == "merged" and is_layer_name(rel[0]):
                 found.append(m.mountpoint)
         return found
 
-    def _reconcile(self) -> list[str]:
-        """Drop crashed holders and unmount the views nobody alive holds."""
+    def _reconcile(self, startup: bool = False) -> list[str]:
+        """Drop crashed holders and unmount the views nobody alive holds.
+
+        At start-up, with no view of this store mounted at all, there is
+        nothing to unmount, and dead holders' records are dropped by the
+        next operation that reads them: the lock and the state file are
+        left alone.
+        """
 
         def unmount(target: str) -> None:
             with contextlib.suppress(OSError):
@@ -845,7 +922,10 @@ class OverlayDriver(Driver):
             with contextlib.suppress(OSError):
                 os.rmdir(target)
 
-        return self._store.reconcile(self._view_mounts(), unmount)
+        views = self._view_mounts()
+        if startup and not views:
+            return []
+        return self._store.reconcile(views, unmount)
 
     def cleanup(self) -> None:
         """Release this process's views and all detached ones, unmount leaks, sweep leftovers.
@@ -927,10 +1007,24 @@ class OverlayDriver(Driver):
     # -- diffs -------------------------------------------------------------------------
 
     def _probe(self) -> NativeDiffProbe:
+        """The native-diff verdict: from the probe file, else measured (and kept there)."""
         if self._native_probe is None:
-            self._native_probe = probe_native_diff(
-                self._root, self._mount_options, self.runroot / "native-diff.json"
-            )
+            native = self._probes.get("native_diff")
+            if native in ("0", "1"):
+                self._native_probe = NativeDiffProbe(
+                    native == "1",
+                    self._probes.get("native_reason") or "",
+                    self._probes.get("native_metacopy") == "1",
+                )
+            else:
+                probe = probe_native_diff(
+                    self._root, self._mount_options, self.runroot / "native-diff.json"
+                )
+                self._probes.put("native_diff", "1" if probe.native else "0")
+                self._probes.put("native_reason", " ".join(probe.reason.split()))
+                self._probes.put("native_metacopy", "1" if probe.metacopy else "0")
+                self._probes.save()
+                self._native_probe = probe
         return self._native_probe
 
     def _use_native(self) -> bool:

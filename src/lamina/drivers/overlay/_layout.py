@@ -21,9 +21,7 @@ Layer ids ``l`` and ids starting with ``.`` are reserved.
 
 from __future__ import annotations
 
-import base64
 import os
-import secrets
 from pathlib import Path
 
 from lamina.drivers._base import validate_id
@@ -47,6 +45,7 @@ REMOVING_DIR = ".removing"
 #: 26 base32 characters (130 bits): "l/" + 26 + ":" keeps 128 lowers within
 #: one page for kernels without ``lowerdir+``, as in overlay2.
 LINK_ID_LENGTH = 26
+_B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 
 
 def check_layer_id(layer_id: str) -> str:
@@ -63,15 +62,39 @@ def is_layer_name(name: str) -> bool:
 
 
 def new_link_id() -> str:
-    """A fresh short link id: 17 random bytes, base32, cut to 26 characters."""
-    return base64.b32encode(secrets.token_bytes(17)).decode("ascii")[:LINK_ID_LENGTH]
+    """A fresh short link id: 17 random bytes, base32, cut to 26 characters.
+
+    The first 26 characters of ``base64.b32encode`` of the bytes, computed
+    here (130 bits, 5 per character) so creating a layer imports nothing.
+    """
+    bits = int.from_bytes(os.urandom(17), "big") >> (17 * 8 - 5 * LINK_ID_LENGTH)
+    return "".join(
+        _B32[(bits >> (5 * (LINK_ID_LENGTH - 1 - i))) & 31] for i in range(LINK_ID_LENGTH)
+    )
+
+
+def _read_small(path: str) -> str:
+    """A small ASCII file in one read (FileNotFoundError if it is missing)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks: list[bytes] = []
+        while True:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    try:
+        return b"".join(chunks).decode("ascii")
+    except UnicodeDecodeError:
+        raise StateError(f"{path}: not ASCII") from None
 
 
 def read_link(layer_dir: Path) -> str:
     """The layer's short link id."""
     try:
-        with open(layer_dir / "link", encoding="ascii") as f:
-            link = f.read().strip()
+        link = _read_small(f"{layer_dir}/link").strip()
     except FileNotFoundError:
         raise StateError(f"{layer_dir}: missing link file (run cleanup)") from None
     if len(link) != LINK_ID_LENGTH or not link.isalnum():
@@ -82,8 +105,7 @@ def read_link(layer_dir: Path) -> str:
 def read_lower(layer_dir: Path) -> list[str] | None:
     """The lower chain entries (``l/<LID>``, nearest first), or None for a base layer."""
     try:
-        with open(layer_dir / "lower", encoding="ascii") as f:
-            text = f.read().strip()
+        text = _read_small(f"{layer_dir}/lower").strip()
     except FileNotFoundError:
         return None
     entries = text.split(":") if text else []
