@@ -102,7 +102,25 @@ class Context:
 
     @property
     def p_lamina(self) -> str:
-        return f"{q(self.python)} -c 'import lamina.archive, lamina.drivers.vfs, lamina.cli'"
+        """Every module a timed lamina command may load (the CLI's commands load lazily),
+        as running ``version`` makes all of containers-storage's binary resident."""
+        modules = ", ".join(
+            [
+                "click",
+                "lamina.archive._apply",
+                "lamina.archive._export",
+                "lamina.archive._changes",
+                "lamina.archive._overlay_changes",
+                "lamina.drivers.vfs",
+                "lamina.drivers.overlay",
+                "lamina.cli._app",
+                "lamina.cli._layers",
+                "lamina.cli._mount",
+                "lamina.cli._diff",
+                "lamina.cli._store",
+            ]
+        )
+        return f"{q(self.python)} -c 'import {modules}'"
 
     @property
     def p_cs(self) -> str:

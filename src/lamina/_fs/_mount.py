@@ -27,10 +27,10 @@ import errno
 import os
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from lamina._frozen import Frozen
 from lamina._fs._mounter import Mount
 
 __all__ = [
@@ -333,9 +333,20 @@ def _unescape(field: str) -> str:
     return os.fsdecode(bytes(out))
 
 
-@dataclass(frozen=True)
-class MountInfo:
+class MountInfo(Frozen):
     """One line of /proc/self/mountinfo."""
+
+    __slots__ = _fields = (
+        "mount_id",
+        "parent_id",
+        "device",
+        "root",
+        "mountpoint",
+        "options",
+        "fstype",
+        "source",
+        "super_options",
+    )
 
     mount_id: int
     parent_id: int
@@ -346,6 +357,25 @@ class MountInfo:
     fstype: str
     source: str
     super_options: str
+
+    def __init__(
+        self,
+        mount_id: int,
+        parent_id: int,
+        device: str,
+        root: str,
+        mountpoint: str,
+        options: str,
+        fstype: str,
+        source: str,
+        super_options: str,
+    ) -> None:
+        for name, value in zip(
+            self._fields,
+            (mount_id, parent_id, device, root, mountpoint, options, fstype, source, super_options),
+            strict=True,
+        ):
+            object.__setattr__(self, name, value)
 
 
 def _escape(path: str) -> bytes:

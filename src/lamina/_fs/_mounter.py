@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from lamina._frozen import Frozen
 from lamina.errors import InUseError
 
 __all__ = ["Mount", "Mounter"]
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(Frozen):
     """A view of a layer described as data.
 
     ``type`` is ``"direct"`` for a directory served as it is (``target`` is
@@ -28,11 +27,29 @@ class Mount:
     ``cwd`` is where relative paths in ``options`` resolve (long lower chains).
     """
 
+    __slots__ = ("cwd", "options", "source", "target", "type")
+    __match_args__ = _fields = ("type", "source", "target", "options", "cwd")
+
     type: str
     source: str
     target: Path
-    options: tuple[str, ...] = field(default_factory=tuple)
-    cwd: Path | None = None
+    options: tuple[str, ...]
+    cwd: Path | None
+
+    def __init__(
+        self,
+        type: str,
+        source: str,
+        target: Path,
+        options: tuple[str, ...] = (),
+        cwd: Path | None = None,
+    ) -> None:
+        set_field = object.__setattr__
+        set_field(self, "type", type)
+        set_field(self, "source", source)
+        set_field(self, "target", target)
+        set_field(self, "options", options)
+        set_field(self, "cwd", cwd)
 
     @property
     def is_direct(self) -> bool:
@@ -48,10 +65,12 @@ def _no_op(_: Mount) -> None:
     return None
 
 
-@dataclass
 class _Entry:
-    mount: Mount
-    count: int
+    __slots__ = ("count", "mount")
+
+    def __init__(self, mount: Mount, count: int) -> None:
+        self.mount = mount
+        self.count = count
 
 
 class Mounter:

@@ -19,10 +19,10 @@ import stat
 import struct
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lamina._frozen import Frozen
 from lamina._fs._atomic import make_staging_dir, remove_tree
 from lamina._fs._mount import (
     _FSCONFIG_SET_STRING,
@@ -336,17 +336,24 @@ def probe_overlay_mount(testdir: str | os.PathLike[str], options: Sequence[str] 
         _cache[key] = True
 
 
-@dataclass(frozen=True)
-class NativeDiffProbe:
+class NativeDiffProbe(Frozen):
     """Whether a layer's upper directory alone describes its changes.
 
     ``native`` False comes with the ``reason``; ``metacopy`` reports whether
     the kernel copied up metadata only (which also rules native diff out).
     """
 
+    __slots__ = ("metacopy", "native", "reason")
+    __match_args__ = _fields = ("native", "reason", "metacopy")
+
     native: bool
     reason: str
     metacopy: bool
+
+    def __init__(self, native: bool, reason: str, metacopy: bool) -> None:
+        object.__setattr__(self, "native", native)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "metacopy", metacopy)
 
 
 def _getxattr(path: Path, name: str) -> bytes | None:
@@ -435,7 +442,7 @@ def probe_native_diff(
             tmp = f"{os.fspath(cache_file)}.{os.getpid()}.tmp"
             try:
                 with open(tmp, "w", encoding="utf-8") as f:
-                    json.dump({"key": key_data, "result": asdict(result)}, f)
+                    json.dump({"key": key_data, "result": result.as_dict()}, f)
                 os.replace(tmp, cache_file)
             except OSError:
                 with contextlib.suppress(OSError):

@@ -31,10 +31,10 @@ import fcntl
 import os
 import struct
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lamina._frozen import Frozen
 from lamina._fs._mount import MNT_DETACH, mount, mountinfo, umount
 from lamina.errors import QuotaNotSupportedError
 
@@ -79,13 +79,20 @@ def _qcmd(cmd: int) -> int:
     return (cmd << 8) | _PRJQUOTA
 
 
-@dataclass(frozen=True)
-class QuotaUsage:
+class QuotaUsage(Frozen):
     """A project's hard limit and current use, in bytes."""
+
+    __slots__ = ("limit", "project_id", "used")
+    __match_args__ = _fields = ("project_id", "limit", "used")
 
     project_id: int
     limit: int
     used: int
+
+    def __init__(self, project_id: int, limit: int, used: int) -> None:
+        object.__setattr__(self, "project_id", project_id)
+        object.__setattr__(self, "limit", limit)
+        object.__setattr__(self, "used", used)
 
 
 class ProjectQuota:

@@ -56,9 +56,10 @@ import io
 import os
 import stat
 
+from lamina._frozen import Frozen
 from lamina.archive import _openat2
 from lamina.archive._compression import Compression, detect_compression, open_decompressed
-from lamina.archive._idmap import IDMap, _Frozen
+from lamina.archive._idmap import IDMap
 from lamina.archive._paths import split_entry_name
 from lamina.archive._tarreader import (
     TYPE_BLK,
@@ -106,7 +107,7 @@ use_openat2 = _openat2.AVAILABLE
 _PRIVATE_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 
 
-class ApplyOptions(_Frozen):
+class ApplyOptions(Frozen):
     """How to apply a layer.
 
     ``whiteouts``: OCI applies ``.wh.`` entries as deletions in a full tree;

@@ -9,47 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from lamina._frozen import Frozen
 from lamina.errors import InvalidArchiveError
 
 __all__ = ["IDMap", "IDRange"]
 
 
-class _Frozen:
-    """Immutable value object: equality, hash and repr over ``__slots__``.
-
-    Stands in for ``@dataclass(frozen=True)``, whose import (``inspect``
-    behind it) would cost every process that applies a layer.
-    """
-
-    __slots__: tuple[str, ...] = ()
-    _fields: tuple[str, ...] = ()  # constructor order, for equality, repr and pickling
-
-    def _values(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in self._fields)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"cannot assign to field {name!r}: {type(self).__name__} is immutable")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"cannot delete field {name!r}: {type(self).__name__} is immutable")
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__ or not isinstance(other, _Frozen):
-            return NotImplemented
-        return self._values() == other._values()
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
-        return f"{type(self).__name__}({fields})"
-
-    def __reduce__(self) -> tuple[type[_Frozen], tuple[object, ...]]:
-        return (type(self), self._values())
-
-
-class IDRange(_Frozen):
+class IDRange(Frozen):
     """``size`` ids starting at ``container_id`` map to ids starting at ``host_id``."""
 
     __slots__ = ("container_id", "host_id", "size")
@@ -76,7 +42,7 @@ def _translate(ranges: Sequence[IDRange], value: int, to_host: bool) -> int:
     raise InvalidArchiveError(f"id {value} cannot be mapped to a {side} id")
 
 
-class IDMap(_Frozen):
+class IDMap(Frozen):
     """Separate uid and gid ranges; empty means identity."""
 
     __slots__ = ("gids", "uids")
