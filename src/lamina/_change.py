@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 
+from lamina._frozen import Frozen
+
 __all__ = ["Change", "ChangeKind"]
 
 
@@ -20,17 +22,16 @@ class ChangeKind(enum.IntEnum):
         return "CAD"[self.value]
 
 
-class Change:
+class Change(Frozen):
     """One changed path, absolute within the layer (``/etc/passwd``).
 
     Ordering is Docker's ``checkChanges`` order: by path bytes, then kind.
     Immutable, hashable and ordered like the frozen, ordered dataclass it
-    replaces; written out because ``dataclasses`` (and ``inspect`` behind
-    it) would cost every lamina process more than the rest of this module.
+    replaces (see :mod:`lamina._frozen` for why it is not one).
     """
 
     __slots__ = ("kind", "path")
-    __match_args__ = ("path", "kind")
+    __match_args__ = _fields = ("path", "kind")
 
     path: str
     kind: ChangeKind
@@ -39,28 +40,8 @@ class Change:
         object.__setattr__(self, "path", path)
         object.__setattr__(self, "kind", kind)
 
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"cannot assign to field {name!r}: Change is immutable")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"cannot delete field {name!r}: Change is immutable")
-
-    def __reduce__(self) -> tuple[type[Change], tuple[str, ChangeKind]]:
-        return (Change, (self.path, self.kind))
-
-    def __repr__(self) -> str:
-        return f"Change(path={self.path!r}, kind={self.kind!r})"
-
     def __str__(self) -> str:
         return f"{self.kind.letter} {self.path}"
-
-    def __hash__(self) -> int:
-        return hash((self.path, self.kind))
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__ or not isinstance(other, Change):
-            return NotImplemented
-        return self.path == other.path and self.kind == other.kind
 
     def __lt__(self, other: Change) -> bool:
         if other.__class__ is not self.__class__:
