@@ -313,7 +313,6 @@ class TarReader:
         want = min(_READ, self._src_end - self._src)
         if want <= 0:
             want = _READ  # the file may have grown; pread says for sure
-        self._charge(want if self._src + want <= self._src_end else 0)
         data = os.pread(self._fd, want, self._src)
         self._charge(len(data))
         self._src += len(data)
