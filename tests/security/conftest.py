@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from lamina.archive import ApplyOptions, apply_layer
+from lamina.archive import ApplyOptions, _apply, apply_layer
 from lamina.errors import LaminaError
 
 SENTINEL_BYTES = b"sentinel: must never change\n"
@@ -106,13 +106,52 @@ def _open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
+def _children() -> set[str]:
+    """Pids of this process's children, reaped or not (``/proc/.../children``)."""
+    found: set[str] = set()
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):
+            found.update(Path(f"/proc/self/task/{tid}/children").read_text().split())
+    return found
+
+
+#: one entry per apply that started helper processes (appended by the wrapper below)
+_STARTED: list[int] = []
+
+
+@contextlib.contextmanager
+def _helpers_from_the_start(on: bool) -> Iterator[None]:
+    """Helpers from the first regular file (not after 256), and a count of their starts."""
+    if not on:
+        yield
+        return
+    saved_after, saved_start = _apply.helper_after, _apply._Applier._start_writer
+
+    def start(applier: _apply._Applier) -> None:
+        saved_start(applier)
+        if applier.writers:
+            _STARTED.append(len(applier.writers))
+
+    _apply.helper_after = 0
+    _apply._Applier._start_writer = start  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        _apply.helper_after = saved_after
+        _apply._Applier._start_writer = saved_start  # type: ignore[method-assign]
+
+
 class Jail:
     """A layer root (``dest``) beside a sentinel tree; see the module docstring."""
 
-    def __init__(self, base: Path, *, via_file: bool = False) -> None:
+    def __init__(self, base: Path, *, via_file: bool = False, helpers: bool = False) -> None:
         #: hand the layer over as an open regular file (the engine then reads its
         #: descriptor directly and copies bodies with sendfile) instead of a stream
-        self.via_file = via_file
+        self.via_file = via_file or helpers
+        #: ... and have helper processes create the regular files from the first one
+        self.helpers = helpers
+        #: applies in which helper processes were started
+        self.helper_runs = 0
         self.base = base
         self.dest = base / "dest"
         self.sentinel = base / "sentinel"
@@ -160,22 +199,26 @@ class Jail:
 
     def apply(self, raw: bytes, **opts: Any) -> int | LaminaError:
         """Apply ``raw``; the size on success, the typed error on failure; then check."""
-        fds, threads = _open_fds(), threading.active_count()
+        fds, threads, children = _open_fds(), threading.active_count(), _children()
         result: int | LaminaError
+        started = len(_STARTED)
         try:
-            if self.via_file:
-                with tempfile.TemporaryFile() as tmp:
-                    tmp.write(raw)
-                    tmp.flush()
-                    with open(f"/proc/self/fd/{tmp.fileno()}", "rb") as src:
-                        result = apply_layer(src, self.dest, ApplyOptions(**opts))
-            else:
-                result = apply_layer(io.BytesIO(raw), self.dest, ApplyOptions(**opts))
+            with _helpers_from_the_start(self.helpers):
+                if self.via_file:
+                    with tempfile.TemporaryFile() as tmp:
+                        tmp.write(raw)
+                        tmp.flush()
+                        with open(f"/proc/self/fd/{tmp.fileno()}", "rb") as src:
+                            result = apply_layer(src, self.dest, ApplyOptions(**opts))
+                else:
+                    result = apply_layer(io.BytesIO(raw), self.dest, ApplyOptions(**opts))
         except LaminaError as exc:
             result = exc
+        self.helper_runs += len(_STARTED) > started
         leaked = _open_fds() - fds
         assert not leaked, f"descriptors left open: {leaked}"
         assert threading.active_count() == threads, "a decompression thread is still running"
+        assert _children() == children, "a helper process outlived the apply"
         self.check()
         return result
 
@@ -250,9 +293,13 @@ def _fd_limit() -> None:
     _raise_fd_limit()
 
 
-@pytest.fixture(params=["stream", "file"])
+@pytest.fixture(params=["stream", "file", "file+helpers"])
 def jail(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Jail]:
-    j = Jail(tmp_path / "jail", via_file=request.param == "file")
+    j = Jail(
+        tmp_path / "jail",
+        via_file=request.param == "file",
+        helpers=request.param == "file+helpers",
+    )
     yield j
     remove_tree(j.base)
 
@@ -263,8 +310,9 @@ def jail_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
     made: list[Jail] = []
 
     def make() -> Jail:
-        # every other example hands the layer over as a file instead of a stream
-        j = Jail(tmp_path_factory.mktemp("jail") / "j", via_file=len(made) % 2 == 1)
+        # examples take turns: a stream, a file, a file with helper processes
+        turn = len(made) % 3
+        j = Jail(tmp_path_factory.mktemp("jail") / "j", via_file=turn == 1, helpers=turn == 2)
         made.append(j)
         return j
 

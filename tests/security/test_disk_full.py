@@ -58,7 +58,7 @@ def _retry_after_cleanup(jail: Any) -> None:
     assert (jail.dest / "small").read_bytes() == b"fits"
 
 
-@pytest.mark.parametrize("compression", ["none", "gzip", "zstd"])
+@pytest.mark.parametrize("compression", ["none", "none+helpers", "gzip", "zstd"])
 def test_out_of_blocks(fresh_fs: FreshFs, jail_at: Any, compression: str) -> None:
     raw = _tar([("d", None), ("d/a", os.urandom(1 << 20)), ("d/big", os.urandom(24 << 20))])
     if compression == "gzip":
@@ -66,17 +66,21 @@ def test_out_of_blocks(fresh_fs: FreshFs, jail_at: Any, compression: str) -> Non
     elif compression == "zstd":
         raw = zstandard.ZstdCompressor(level=1).compress(raw)
     with fresh_fs(8 << 20) as mnt:
-        jail = jail_at(mnt / "jail")
-        _assert_enospc(jail.apply(raw))  # the jail also checks descriptors and threads
+        jail = jail_at(mnt / "jail", helpers=compression == "none+helpers")
+        # the jail also checks descriptors, threads and helper processes
+        _assert_enospc(jail.apply(raw))
+        assert jail.helper_runs == jail.helpers
         assert (jail.dest / "d/a").stat().st_size == 1 << 20  # it got that far, no further
         _retry_after_cleanup(jail)
 
 
-def test_out_of_inodes(fresh_fs: FreshFs, jail_at: Any) -> None:
+@pytest.mark.parametrize("helpers", [False, True], ids=["alone", "helpers"])
+def test_out_of_inodes(fresh_fs: FreshFs, jail_at: Any, helpers: bool) -> None:
     raw = _tar([(f"dir{i}/f{j}", b"") for i in range(20) for j in range(20)])
     with fresh_fs(16 << 20, inodes=128) as mnt:
-        jail = jail_at(mnt / "jail")
+        jail = jail_at(mnt / "jail", helpers=helpers)
         _assert_enospc(jail.apply(raw))
+        assert jail.helper_runs == helpers
         _retry_after_cleanup(jail)
 
 

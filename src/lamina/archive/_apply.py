@@ -59,6 +59,7 @@ import stat
 from lamina._frozen import Frozen
 from lamina.archive import _openat2
 from lamina.archive._compression import Compression, detect_compression, open_decompressed
+from lamina.archive._file_writer import FileWriter, WriterError, can_fork_writer
 from lamina.archive._idmap import IDMap
 from lamina.archive._paths import split_entry_name
 from lamina.archive._tarreader import (
@@ -105,6 +106,11 @@ _MAX_CACHED_DIRS = 512
 #: it).  Turned off for good, process-wide, the first time the kernel refuses it.
 use_openat2 = _openat2.AVAILABLE
 _PRIVATE_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+#: Regular files applied before the rest go to helper processes (see
+#: ``_file_writer``); None never starts them.  A smaller layer is not worth the fork.
+helper_after: int | None = 256
+#: How many helpers: the kernel's work of creating files is what they share out.
+helpers = max(1, min(4, os.cpu_count() or 1))
 
 
 class ApplyOptions(Frozen):
@@ -172,7 +178,7 @@ def apply_layer(
     except OSError as exc:  # the caller's stream failed on its first read
         raise ArchiveError(f"reading the layer failed: {exc}", errno=exc.errno) from exc
     try:
-        applier = _Applier(os.fspath(dest), opts)
+        applier = _Applier(os.fspath(dest), opts, -1 if start is None else stream.fileno())
         try:
             size = applier.run(reader)
             if compression is not Compression.NONE and not reader.saw_end_marker:
@@ -230,7 +236,7 @@ def _plain_file_offset(stream: BinaryIO) -> int | None:
 class _Applier:
     """State of one apply: descriptor cache, unpacked paths, deferred directory times."""
 
-    def __init__(self, dest: str, opts: ApplyOptions) -> None:
+    def __init__(self, dest: str, opts: ApplyOptions, layer_fd: int = -1) -> None:
         self.opts = opts
         self.overlay = opts.whiteouts is WhiteoutFormat.OVERLAY
         privileged = os.geteuid() == 0
@@ -255,10 +261,59 @@ class _Applier:
         self.unpacked: set[str] = set()
         self.dir_times: dict[str, tuple[int, int]] = {}
         self.removed_dirs = False  # a directory was deleted: dir_times may name stale paths
+        # The helper process: only for a plain layer file applied into an empty
+        # directory, where everything that exists was made by this apply and is
+        # in ``unpacked`` or ``implied``, so a new path is known to be free.
+        self.layer_fd = layer_fd
+        self.writers: list[FileWriter] = []
+        self.writer_of: dict[str, FileWriter] = {}  # by parent: one directory, one helper
+        #: paths sent to a helper since the last barrier: not known to exist yet
+        self.pending: set[str] = set()
+        self.implied: set[str] = set()  # parents made for entries that came before them
+        self.helper_countdown = -1
+        if layer_fd >= 0 and helper_after is not None:
+            with os.scandir(self.root_fd) as listing:
+                if next(listing, None) is None:
+                    self.helper_countdown = helper_after
 
     def close(self) -> None:
+        for writer in self.writers:
+            writer.kill()
+        self.writers = []
         self._drop_cache()
         os.close(self.root_fd)
+
+    # -- the helper process ---------------------------------------------------
+
+    def _start_writer(self) -> None:
+        self.helper_countdown = -1
+        if not can_fork_writer():
+            return
+        for _ in range(helpers):
+            writer = FileWriter(
+                self.root_fd, self.layer_fd, use_openat2=use_openat2, siblings=self.writers
+            )
+            self.writers.append(writer)
+
+    def _settle(self) -> None:
+        """Wait for the helpers' files (a barrier), turning a failure into ours."""
+        self.pending.clear()
+        try:
+            for writer in self.writers:
+                writer.send_barrier()
+            for writer in self.writers:
+                writer.wait_barrier()
+        except WriterError as exc:
+            if exc.unsafe:
+                raise UnsafeArchiveError(
+                    f"{exc.path}: a component of its parent is not a directory "
+                    "(symlinks on disk are never followed)"
+                ) from None
+            raise OSError(exc.errno, exc.message, exc.path) from None
+
+    def _settle_if_pending(self) -> None:
+        if self.pending:
+            self._settle()
 
     # -- directory descriptors ---------------------------------------------
 
@@ -280,6 +335,9 @@ class _Applier:
         hit = self.dirs.get("/".join(parts[:depth]) if parent_path is None else parent_path)
         if hit is not None:
             return hit
+        pending = self.pending
+        if pending and any("/".join(parts[:i]) in pending for i in range(1, depth + 1)):
+            self._settle()  # a parent is a file still being made: let it exist first
         # a miss: start from the deepest cached ancestor
         start = depth - 1
         fd, setgid = self.root_fd, self.root_setgid
@@ -332,6 +390,7 @@ class _Applier:
                     if not create:
                         raise
                     self._mkdir_implied(fd, name, setgid)
+                    self.implied.add("/".join(parts[: i + 1]))
                     nfd = os.open(name, _DIR_OPEN, dir_fd=fd)
                 except OSError as exc:
                     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
@@ -368,6 +427,7 @@ class _Applier:
 
     def _remove(self, parent_fd: int, name: str, path: str) -> bool:
         """Remove ``name`` whatever it is; True if something was removed."""
+        self._settle_if_pending()  # the helper must not hold or fill what goes
         try:
             os.unlink(name, dir_fd=parent_fd)
         except FileNotFoundError:
@@ -393,6 +453,7 @@ class _Applier:
 
     def _make_opaque(self, parent_parts: list[str]) -> None:
         """Empty a directory of what this layer did not unpack (OCI opaque marker)."""
+        self._settle_if_pending()
         dir_path = "/".join(parent_parts)
         if parent_parts:
             fd, _ = self._parent([*parent_parts, ""])
@@ -435,6 +496,8 @@ class _Applier:
         ):
             return  # AUFS metadata at the root (.wh..wh.plnk/..., .wh..wh.aufs): not content
         base = parts[-1]
+        if self.pending and (path in self.unpacked or path in self.implied):
+            self._settle()  # this layer made the path already: it must exist first
 
         if base.startswith(WHITEOUT_PREFIX):
             self._whiteout(parts, base, path, entry)
@@ -515,6 +578,19 @@ class _Applier:
         path: str,
     ) -> None:
         mode = entry.mode
+        if self.helper_countdown >= 0:
+            if self.helper_countdown:
+                self.helper_countdown -= 1
+            else:
+                self._start_writer()
+        if (
+            self.writers
+            and not entry.xattrs
+            and path not in self.unpacked
+            and path not in self.implied
+        ):
+            self._send_to_writer(reader, entry, parent_setgid, name, path)
+            return
         try:
             fd = os.open(name, _FILE_CREATE, mode & 0o777, dir_fd=parent_fd)
         except FileExistsError:
@@ -526,6 +602,40 @@ class _Applier:
             self._metadata_fd(entry, fd, path, parent_setgid)
         finally:
             os.close(fd)
+
+    def _send_to_writer(
+        self,
+        reader: TarReader,
+        entry: TarEntry,
+        parent_setgid: bool,
+        name: str,
+        path: str,
+    ) -> None:
+        """Have the helper make this new file: its metadata here, its body by file offset."""
+        mode = entry.mode
+        uid = -1
+        gid = 0
+        if self.chown:
+            if self.identity:
+                owner = entry.uid, entry.gid
+            else:
+                owner = self.id_map.to_host(entry.uid, entry.gid)
+            if owner[0] != self.euid or owner[1] != self.egid or parent_setgid:
+                uid, gid = owner
+        chmod = mode if mode & 0o7000 or mode & self.umask else -1
+        mtime = entry.mtime_ns
+        atime = entry.atime_ns if entry.atime_ns is not None else mtime
+        offset = reader.input_offset
+        size = entry.size
+        if size:
+            reader.skip_body()  # checks that the whole body is in the file
+        parent = path[: -len(name) - 1] if len(path) > len(name) else ""
+        writer = self.writer_of.get(parent)
+        if writer is None:
+            writer = self.writers[len(self.writer_of) % len(self.writers)]
+            self.writer_of[parent] = writer
+        writer.add((parent, name, offset, size, mode & 0o777, uid, gid, chmod, atime, mtime))
+        self.pending.add(path)
 
     def _metadata_fd(self, entry: TarEntry, fd: int, path: str, parent_setgid: bool) -> None:
         """chown, xattrs, chmod (after chown, which clears setuid), times — on a descriptor."""
@@ -639,6 +749,8 @@ class _Applier:
         if target_path.startswith(path + "/"):
             # replacing ``path`` deletes the target first (Docker fails the same way)
             raise InvalidArchiveError(f"{entry.name}: hardlink target is inside the entry itself")
+        if target_path in self.pending:
+            self._settle()  # the target is a file the helper may not have made yet
         try:
             target_fd, _ = self._parent(target_parts, create=False)
         except FileNotFoundError:
@@ -697,6 +809,11 @@ class _Applier:
     # -- finish ------------------------------------------------------------------
 
     def _set_dir_times(self) -> None:
+        if self.writers:  # every file first: creating one changes its directory's time
+            self._settle()
+            writers, self.writers = self.writers, []
+            for writer in writers:
+                writer.finish()
         for path, (atime, mtime) in self.dir_times.items():
             if len(self.dirs) >= _MAX_CACHED_DIRS:
                 self._drop_cache()

@@ -1,0 +1,312 @@
+"""Helper processes that create regular files: the same tree as applying alone, always.
+
+``apply_layer`` hands the regular files of a plain layer file applied into an
+empty directory to helper processes once it has seen ``helper_after`` of them.
+These tests force the helpers on from the first file and compare, entry by
+entry, with the tree the applier makes alone from the same bytes, on layers
+built to hit every ordering hazard (a path made twice, a file replaced by a
+directory and back, whiteouts and opaque markers over files still being
+made, hardlinks to them, entries below a file).  They also check the
+helpers' lifetime: reaped by the time ``apply_layer`` returns or raises,
+killed with the applier, never started beside other threads or into a
+non-empty directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import signal
+import stat
+import subprocess
+import sys
+import tarfile
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lamina.archive import ApplyOptions, _apply, apply_layer
+from lamina.errors import LaminaError
+
+Snapshot = dict[str, tuple[object, ...]]
+_NOT_FROM_THE_LAYER = 1_700_000_000 * 10**9  # layers here carry times of 2020
+
+
+def _snapshot(root: Path) -> Snapshot:
+    out: Snapshot = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath, name)
+            st_ = p.lstat()
+            extra: object = None
+            if stat.S_ISREG(st_.st_mode):
+                extra = hashlib.sha256(p.read_bytes()).hexdigest()
+            elif stat.S_ISLNK(st_.st_mode):
+                extra = os.readlink(p)
+            key = str(p.relative_to(root))
+            size = mtime = 0
+            if not stat.S_ISDIR(st_.st_mode):
+                size, mtime = st_.st_size, st_.st_mtime_ns
+            elif st_.st_mtime_ns < _NOT_FROM_THE_LAYER:
+                mtime = st_.st_mtime_ns  # a time from the layer (an implied one is "now")
+            out[key] = (st_.st_mode, st_.st_uid, st_.st_gid, size, mtime, extra)
+    return out
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Helpers from the first regular file; yields the helper pids of each start."""
+    pids: list[int] = []
+    real_start = _apply._Applier._start_writer
+
+    def start(applier: _apply._Applier) -> None:
+        real_start(applier)
+        pids.extend(w.pid for w in applier.writers)
+
+    monkeypatch.setattr(_apply, "helper_after", 0)
+    monkeypatch.setattr(_apply._Applier, "_start_writer", start)
+    yield pids
+
+
+def _apply_file(raw: bytes, dest: Path) -> int | LaminaError:
+    with tempfile.TemporaryFile() as tmp:
+        tmp.write(raw)
+        tmp.flush()
+        tmp.seek(0)
+        with open(f"/proc/self/fd/{tmp.fileno()}", "rb") as src:
+            try:
+                return apply_layer(src, dest, ApplyOptions())
+            except LaminaError as exc:
+                return exc
+
+
+def _apply_alone(raw: bytes, dest: Path) -> int | LaminaError:
+    try:
+        return apply_layer(io.BytesIO(raw), dest, ApplyOptions())  # a stream: no helpers
+    except LaminaError as exc:
+        return exc
+
+
+def _children() -> set[str]:
+    found: set[str] = set()
+    for tid in os.listdir("/proc/self/task"):
+        found.update(Path(f"/proc/self/task/{tid}/children").read_text().split())
+    return found
+
+
+# -- layers that hit the ordering hazards ---------------------------------------
+
+NAMES = ("a", "b", "c")
+paths = st.lists(st.sampled_from(NAMES), min_size=1, max_size=3).map("/".join)
+ops = st.one_of(
+    st.tuples(st.just("file"), paths, st.binary(max_size=200), st.sampled_from((0o644, 0o4755))),
+    st.tuples(st.just("file"), paths, st.binary(max_size=200), st.just(0o600)),
+    st.tuples(st.just("dir"), paths, st.sampled_from((0o755, 0o2775))),
+    st.tuples(st.just("symlink"), paths, st.sampled_from(("a", "../x", "b/c"))),
+    st.tuples(st.just("hardlink"), paths, paths),
+    st.tuples(st.just("whiteout"), paths),
+    st.tuples(st.just("opaque"), paths),
+)
+
+
+def _layer(entries: list[tuple[object, ...]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for i, op in enumerate(entries):
+            kind, path = op[0], str(op[1])
+            info = tarfile.TarInfo(path)
+            info.mtime = 1_600_000_000 + i
+            info.uid = info.gid = i % 3  # owners other than root's: fchown in the helper too
+            if kind == "file":
+                data = bytes(op[2])  # type: ignore[arg-type]
+                info.size = len(data)
+                info.mode = int(op[3])  # type: ignore[call-overload]
+                tf.addfile(info, io.BytesIO(data))
+                continue
+            if kind == "dir":
+                info.type = tarfile.DIRTYPE
+                info.mode = int(op[2])  # type: ignore[call-overload]
+            elif kind == "symlink":
+                info.type = tarfile.SYMTYPE
+                info.linkname = str(op[2])
+            elif kind == "hardlink":
+                info.type = tarfile.LNKTYPE
+                info.linkname = str(op[2])
+            elif kind == "whiteout":
+                head, _, base = path.rpartition("/")
+                info.name = f"{head}/.wh.{base}" if head else f".wh.{base}"
+            else:  # opaque
+                info.name = f"{path}/.wh..wh..opq"
+            tf.addfile(info)
+    return buf.getvalue()
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(entries=st.lists(ops, min_size=1, max_size=25))
+def test_helpers_make_the_same_tree_as_the_applier_alone(
+    started: list[int], entries: list[tuple[object, ...]]
+) -> None:
+    raw = _layer(entries)
+    with tempfile.TemporaryDirectory() as base:
+        alone, helped = Path(base, "alone"), Path(base, "helped")
+        alone.mkdir()
+        helped.mkdir()
+        before = len(started)
+        expected = _apply_alone(raw, alone)
+        got = _apply_file(raw, helped)
+        if any(op[0] == "file" for op in entries) and not isinstance(expected, LaminaError):
+            assert len(started) > before, "no helper was started"
+        if isinstance(expected, LaminaError):
+            assert type(got) is type(expected), (expected, got)
+        else:
+            assert got == expected
+            assert _snapshot(helped) == _snapshot(alone)
+        assert not (set(started) & _children()), "a helper outlived the apply"
+
+
+def _many_files(n_dirs: int, per_dir: int) -> tuple[bytes, dict[str, bytes]]:
+    files = {
+        f"d{d:02}/f{i:04}": hashlib.sha256(f"{d}/{i}".encode()).digest() * (1 + i % 40)
+        for d in range(n_dirs)
+        for i in range(per_dir)
+    }
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 1_600_000_000
+            info.mode = 0o640
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue(), files
+
+
+def test_a_big_layer_starts_helpers_by_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pids: list[int] = []
+    real_start = _apply._Applier._start_writer
+
+    def start(applier: _apply._Applier) -> None:
+        real_start(applier)
+        pids.extend(w.pid for w in applier.writers)
+
+    monkeypatch.setattr(_apply._Applier, "_start_writer", start)
+    raw, files = _many_files(12, 100)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    assert _apply_file(raw, dest) == sum(map(len, files.values()))  # Docker's size
+    assert len(pids) == _apply.helpers  # started after helper_after files, by default
+    for name, data in files.items():
+        p = dest / name
+        assert p.read_bytes() == data
+        assert stat.S_IMODE(p.stat().st_mode) == 0o640
+        assert p.stat().st_mtime_ns == 1_600_000_000 * 10**9
+    assert not (set(pids) & _children())
+
+
+def test_no_helpers_beside_other_threads(tmp_path: Path, started: list[int]) -> None:
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        raw, files = _many_files(3, 50)
+        assert not isinstance(_apply_file(raw, tmp_path), LaminaError)
+    finally:
+        stop.set()
+        other.join()
+    assert started == []
+    assert all((tmp_path / n).read_bytes() == d for n, d in files.items())
+
+
+def test_no_helpers_into_a_directory_that_holds_something(
+    tmp_path: Path, started: list[int]
+) -> None:
+    (tmp_path / "d00").mkdir()
+    (tmp_path / "d00" / "f0000").write_bytes(b"old")
+    raw, files = _many_files(2, 30)
+    assert not isinstance(_apply_file(raw, tmp_path), LaminaError)
+    assert started == []
+    assert all((tmp_path / n).read_bytes() == d for n, d in files.items())
+
+
+def test_helper_failure_is_typed_and_nothing_outlives_it(
+    tmp_path: Path, started: list[int]
+) -> None:
+    # the helper meets a file where it expects a directory only if someone else put it
+    # there; here a layer names a file below a file: refused both ways, helpers reaped
+    raw = _layer([("file", "a", b"x", 0o644), ("file", "a/b", b"y", 0o644)])
+    alone = tmp_path / "alone"
+    helped = tmp_path / "helped"
+    alone.mkdir()
+    helped.mkdir()
+    expected = _apply_alone(raw, alone)
+    got = _apply_file(raw, helped)
+    assert isinstance(expected, LaminaError)
+    assert type(got) is type(expected)
+    assert started
+    assert not (set(started) & _children())
+
+
+_KILLED_APPLIER = textwrap.dedent(
+    """
+    import os, sys
+    from lamina.archive import _apply, apply_layer
+    real = _apply._Applier._start_writer
+    def start(applier):
+        real(applier)
+        with open(sys.argv[3], "w") as out:
+            out.write(" ".join(str(w.pid) for w in applier.writers))
+    _apply._Applier._start_writer = start
+    with open(sys.argv[1], "rb") as layer:
+        apply_layer(layer, sys.argv[2])
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return False
+    return fields[0] not in ("Z", "X")  # a zombie has stopped writing
+
+
+def test_helpers_die_with_a_killed_applier(tmp_path: Path) -> None:
+    raw, _ = _many_files(40, 500)  # long enough to be killed half-way
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(raw)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    pid_file = tmp_path / "pids"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_APPLIER, str(layer), str(dest), str(pid_file)]
+    )
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert proc.poll() is None, "the applier ended before its helpers started"
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    helper_pids = [int(p) for p in pid_file.read_text().split()]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in helper_pids):
+        assert time.monotonic() < deadline, "a helper outlived its killed applier"
+        time.sleep(0.01)
+    # and nothing more is written: the tree stays as the kill left it
+    count = sum(len(f) for _, _, f in os.walk(dest))
+    time.sleep(0.2)
+    assert sum(len(f) for _, _, f in os.walk(dest)) == count
