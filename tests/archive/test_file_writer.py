@@ -14,6 +14,7 @@ non-empty directory.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -88,11 +89,19 @@ def _apply_file(raw: bytes, dest: Path) -> int | LaminaError:
                 return exc
 
 
-def _apply_alone(raw: bytes, dest: Path) -> int | LaminaError:
+def _apply_stream(raw: bytes, dest: Path) -> int | LaminaError:
     try:
-        return apply_layer(io.BytesIO(raw), dest, ApplyOptions())  # a stream: no helpers
+        return apply_layer(io.BytesIO(raw), dest, ApplyOptions())
     except LaminaError as exc:
         return exc
+
+
+def _apply_alone(raw: bytes, dest: Path) -> int | LaminaError:
+    saved, _apply.helper_after = _apply.helper_after, None
+    try:
+        return _apply_stream(raw, dest)
+    finally:
+        _apply.helper_after = saved
 
 
 def _children() -> set[str]:
@@ -154,10 +163,11 @@ def _layer(entries: list[tuple[object, ...]]) -> bytes:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(entries=st.lists(ops, min_size=1, max_size=25))
+@given(entries=st.lists(ops, min_size=1, max_size=25), via_file=st.booleans())
 def test_helpers_make_the_same_tree_as_the_applier_alone(
-    started: list[int], entries: list[tuple[object, ...]]
+    started: list[int], entries: list[tuple[object, ...]], via_file: bool
 ) -> None:
+    # via a file, helpers copy bodies by offset; from a stream, bodies travel to them
     raw = _layer(entries)
     with tempfile.TemporaryDirectory() as base:
         alone, helped = Path(base, "alone"), Path(base, "helped")
@@ -165,7 +175,7 @@ def test_helpers_make_the_same_tree_as_the_applier_alone(
         helped.mkdir()
         before = len(started)
         expected = _apply_alone(raw, alone)
-        got = _apply_file(raw, helped)
+        got = (_apply_file if via_file else _apply_stream)(raw, helped)
         if any(op[0] == "file" for op in entries) and not isinstance(expected, LaminaError):
             assert len(started) > before, "no helper was started"
         if isinstance(expected, LaminaError):
@@ -214,6 +224,37 @@ def test_a_big_layer_starts_helpers_by_itself(
         assert p.read_bytes() == data
         assert stat.S_IMODE(p.stat().st_mode) == 0o640
         assert p.stat().st_mtime_ns == 1_600_000_000 * 10**9
+    assert not (set(pids) & _children())
+
+
+def test_a_big_gzip_layer_file_starts_helpers_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pids: list[int] = []
+    real_start = _apply._Applier._start_writer
+
+    def start(applier: _apply._Applier) -> None:
+        real_start(applier)
+        pids.extend(w.pid for w in applier.writers)
+
+    monkeypatch.setattr(_apply._Applier, "_start_writer", start)
+    files = {f"d{d}/f{i:03}": os.urandom(3000 + i) for d in range(5) for i in range(300)}
+    files["big"] = os.urandom(_apply._SHIPPED_BODY_MAX + 1)  # written by the applier itself
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    layer = tmp_path / "layer.tar.gz"
+    layer.write_bytes(gzip.compress(buf.getvalue(), 1))
+    assert layer.stat().st_size >= _apply._EARLY_HELPERS
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with open(layer, "rb") as src:
+        apply_layer(src, dest)
+    assert len(pids) == _apply.helpers
+    assert all((dest / n).read_bytes() == d for n, d in files.items())
     assert not (set(pids) & _children())
 
 

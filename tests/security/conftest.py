@@ -147,8 +147,8 @@ class Jail:
     def __init__(self, base: Path, *, via_file: bool = False, helpers: bool = False) -> None:
         #: hand the layer over as an open regular file (the engine then reads its
         #: descriptor directly and copies bodies with sendfile) instead of a stream
-        self.via_file = via_file or helpers
-        #: ... and have helper processes create the regular files from the first one
+        self.via_file = via_file
+        #: have helper processes create the regular files from the first one
         self.helpers = helpers
         #: applies in which helper processes were started
         self.helper_runs = 0
@@ -293,13 +293,10 @@ def _fd_limit() -> None:
     _raise_fd_limit()
 
 
-@pytest.fixture(params=["stream", "file", "file+helpers"])
+@pytest.fixture(params=["stream", "file", "file+helpers", "stream+helpers"])
 def jail(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Jail]:
-    j = Jail(
-        tmp_path / "jail",
-        via_file=request.param == "file",
-        helpers=request.param == "file+helpers",
-    )
+    mode = request.param
+    j = Jail(tmp_path / "jail", via_file=mode.startswith("file"), helpers=mode.endswith("helpers"))
     yield j
     remove_tree(j.base)
 
@@ -310,9 +307,9 @@ def jail_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
     made: list[Jail] = []
 
     def make() -> Jail:
-        # examples take turns: a stream, a file, a file with helper processes
-        turn = len(made) % 3
-        j = Jail(tmp_path_factory.mktemp("jail") / "j", via_file=turn == 1, helpers=turn == 2)
+        # examples take turns: a stream or a file, without or with helper processes
+        turn = len(made) % 4
+        j = Jail(tmp_path_factory.mktemp("jail") / "j", via_file=turn % 2 == 1, helpers=turn >= 2)
         made.append(j)
         return j
 

@@ -66,7 +66,7 @@ def test_out_of_blocks(fresh_fs: FreshFs, jail_at: Any, compression: str) -> Non
     elif compression == "zstd":
         raw = zstandard.ZstdCompressor(level=1).compress(raw)
     with fresh_fs(8 << 20) as mnt:
-        jail = jail_at(mnt / "jail", helpers=compression == "none+helpers")
+        jail = jail_at(mnt / "jail", via_file=True, helpers=compression == "none+helpers")
         # the jail also checks descriptors, threads and helper processes
         _assert_enospc(jail.apply(raw))
         assert jail.helper_runs == jail.helpers
@@ -78,7 +78,7 @@ def test_out_of_blocks(fresh_fs: FreshFs, jail_at: Any, compression: str) -> Non
 def test_out_of_inodes(fresh_fs: FreshFs, jail_at: Any, helpers: bool) -> None:
     raw = _tar([(f"dir{i}/f{j}", b"") for i in range(20) for j in range(20)])
     with fresh_fs(16 << 20, inodes=128) as mnt:
-        jail = jail_at(mnt / "jail", helpers=helpers)
+        jail = jail_at(mnt / "jail", via_file=helpers, helpers=helpers)
         _assert_enospc(jail.apply(raw))
         assert jail.helper_runs == helpers
         _retry_after_cleanup(jail)

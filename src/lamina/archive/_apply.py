@@ -27,6 +27,12 @@ none points at a deleted one, and the cache is trimmed only between
 entries, so none is closed while an entry still uses it.  Trees are removed
 iteratively with a bounded number of descriptors, whatever their depth.
 
+Helpers.  Applied into an empty directory, a layer's regular files (after
+the first ``helper_after``, or all of them for a big compressed layer file)
+are created by helper processes (``_file_writer``) while this process goes
+on parsing; it waits for them (a barrier) before anything that removes,
+replaces or links, and before setting directory times.
+
 Input.  The stream is decompressed here, never by a tool from the layer.
 It is read on past the tar's end-of-archive marker (up to 8 MiB) to its
 end, so a compressed stream's trailer and checksum are verified, and a
@@ -109,6 +115,12 @@ _PRIVATE_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 #: Regular files applied before the rest go to helper processes (see
 #: ``_file_writer``); None never starts them.  A smaller layer is not worth the fork.
 helper_after: int | None = 256
+#: A compressed layer file at least this big starts its helpers before decoding
+#: begins (gzip decodes in a thread, and a process with threads must not fork).
+_EARLY_HELPERS = 4 << 20
+#: Bodies up to this size travel to a helper in its message (input that is not a
+#: plain file); a bigger one the applier writes itself.
+_SHIPPED_BODY_MAX = 16 << 10
 #: How many helpers: the kernel's work of creating files is what they share out.
 helpers = max(1, min(4, os.cpu_count() or 1))
 
@@ -167,18 +179,21 @@ def apply_layer(
     """Extract a layer tar (plain, gzip or zstd) into ``dest``; returns Docker's layer size."""
     opts = options or ApplyOptions()
     plain: BinaryIO | None = None
+    applier = _Applier(os.fspath(dest), opts)
     try:
-        start = _plain_file_offset(stream)
-        if start is None:
-            plain, compression = open_decompressed(stream, limit=opts.max_bytes)
-            reader = TarReader(plain)
-        else:
-            compression = Compression.NONE
-            reader = TarReader.over_file(stream.fileno(), start, limit=opts.max_bytes)
-    except OSError as exc:  # the caller's stream failed on its first read
-        raise ArchiveError(f"reading the layer failed: {exc}", errno=exc.errno) from exc
-    try:
-        applier = _Applier(os.fspath(dest), opts, -1 if start is None else stream.fileno())
+        try:
+            start = _plain_file_offset(stream)
+            if start is None:
+                if applier.helper_countdown >= 0 and _file_size(stream) >= _EARLY_HELPERS:
+                    applier.start_helpers()  # now: a decoder's thread would forbid forking
+                plain, compression = open_decompressed(stream, limit=opts.max_bytes)
+                reader = TarReader(plain)
+            else:
+                compression = Compression.NONE
+                applier.layer_fd = stream.fileno()
+                reader = TarReader.over_file(stream.fileno(), start, limit=opts.max_bytes)
+        except OSError as exc:  # the caller's stream failed on its first read
+            raise ArchiveError(f"reading the layer failed: {exc}", errno=exc.errno) from exc
         try:
             size = applier.run(reader)
             if compression is not Compression.NONE and not reader.saw_end_marker:
@@ -204,11 +219,19 @@ def apply_layer(
                     errno=exc.errno,
                 ) from exc
             raise ArchiveError(f"applying layer failed: {exc}", errno=exc.errno) from exc
-        finally:
-            applier.close()
     finally:
+        applier.close()  # helpers first: stopped and reaped
         if plain is not None:
             plain.close()
+
+
+def _file_size(stream: BinaryIO) -> int:
+    """The size of the regular file behind ``stream``; 0 when there is none."""
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return 0
+    return st.st_size if stat.S_ISREG(st.st_mode) else 0
 
 
 def _plain_file_offset(stream: BinaryIO) -> int | None:
@@ -236,7 +259,7 @@ def _plain_file_offset(stream: BinaryIO) -> int | None:
 class _Applier:
     """State of one apply: descriptor cache, unpacked paths, deferred directory times."""
 
-    def __init__(self, dest: str, opts: ApplyOptions, layer_fd: int = -1) -> None:
+    def __init__(self, dest: str, opts: ApplyOptions) -> None:
         self.opts = opts
         self.overlay = opts.whiteouts is WhiteoutFormat.OVERLAY
         privileged = os.geteuid() == 0
@@ -261,17 +284,17 @@ class _Applier:
         self.unpacked: set[str] = set()
         self.dir_times: dict[str, tuple[int, int]] = {}
         self.removed_dirs = False  # a directory was deleted: dir_times may name stale paths
-        # The helper process: only for a plain layer file applied into an empty
-        # directory, where everything that exists was made by this apply and is
-        # in ``unpacked`` or ``implied``, so a new path is known to be free.
-        self.layer_fd = layer_fd
+        # The helper processes: only into an empty directory, where everything
+        # that exists was made by this apply and is in ``unpacked`` or
+        # ``implied``, so a new path is known to be free.
+        self.layer_fd = -1  # a plain layer file: helpers copy bodies from it by offset
         self.writers: list[FileWriter] = []
         self.writer_of: dict[str, FileWriter] = {}  # by parent: one directory, one helper
         #: paths sent to a helper since the last barrier: not known to exist yet
         self.pending: set[str] = set()
         self.implied: set[str] = set()  # parents made for entries that came before them
         self.helper_countdown = -1
-        if layer_fd >= 0 and helper_after is not None:
+        if helper_after is not None:
             with os.scandir(self.root_fd) as listing:
                 if next(listing, None) is None:
                     self.helper_countdown = helper_after
@@ -285,15 +308,25 @@ class _Applier:
 
     # -- the helper process ---------------------------------------------------
 
+    def start_helpers(self) -> None:
+        """Start the helpers now rather than after ``helper_after`` files."""
+        self.helper_countdown = 0
+        self._start_writer()
+
     def _start_writer(self) -> None:
         self.helper_countdown = -1
         if not can_fork_writer():
             return
-        for _ in range(helpers):
-            writer = FileWriter(
-                self.root_fd, self.layer_fd, use_openat2=use_openat2, siblings=self.writers
-            )
-            self.writers.append(writer)
+        try:
+            for _ in range(helpers):
+                writer = FileWriter(
+                    self.root_fd, self.layer_fd, use_openat2=use_openat2, siblings=self.writers
+                )
+                self.writers.append(writer)
+        except OSError:  # no process or pipe to spare: apply alone
+            for writer in self.writers:
+                writer.kill()
+            self.writers = []
 
     def _settle(self) -> None:
         """Wait for the helpers' files (a barrier), turning a failure into ours."""
@@ -586,6 +619,7 @@ class _Applier:
         if (
             self.writers
             and not entry.xattrs
+            and (self.layer_fd >= 0 or entry.size <= _SHIPPED_BODY_MAX)
             and path not in self.unpacked
             and path not in self.implied
         ):
@@ -625,16 +659,24 @@ class _Applier:
         chmod = mode if mode & 0o7000 or mode & self.umask else -1
         mtime = entry.mtime_ns
         atime = entry.atime_ns if entry.atime_ns is not None else mtime
-        offset = reader.input_offset
         size = entry.size
-        if size:
-            reader.skip_body()  # checks that the whole body is in the file
         parent = path[: -len(name) - 1] if len(path) > len(name) else ""
         writer = self.writer_of.get(parent)
         if writer is None:
             writer = self.writers[len(self.writer_of) % len(self.writers)]
             self.writer_of[parent] = writer
-        writer.add((parent, name, offset, size, mode & 0o777, uid, gid, chmod, atime, mtime))
+        if self.layer_fd >= 0:
+            offset = reader.input_offset
+            if size:
+                reader.skip_body()  # checks that the whole body is in the file
+            writer.add(
+                (parent, name, offset, size, mode & 0o777, uid, gid, chmod, atime, mtime, b"")
+            )
+        else:
+            body = reader.take_body()
+            writer.add_with_body(
+                (parent, name, -1, size, mode & 0o777, uid, gid, chmod, atime, mtime, body)
+            )
         self.pending.add(path)
 
     def _metadata_fd(self, entry: TarEntry, fd: int, path: str, parent_setgid: bool) -> None:

@@ -403,6 +403,19 @@ class TarReader:
         self.offset += len(data)
         return data
 
+    def take_body(self) -> bytes:
+        """The rest of the current body as bytes (its padding passed): for small bodies."""
+        data = self.read_body(self._pending)
+        if self._pending:
+            parts = [data]
+            while self._pending:
+                parts.append(self.read_body(self._pending))
+            data = b"".join(parts)
+        if self._padding:
+            self._skip(self._padding, "padding")
+            self._padding = 0
+        return data
+
     def copy_body(self, out_fd: int) -> None:
         """Write the rest of the current body to ``out_fd`` (and pass its padding)."""
         left = self._pending
