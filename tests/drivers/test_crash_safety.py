@@ -34,6 +34,7 @@ from lamina.errors import NotSupportedError
 ITERATIONS = int(os.environ.get("LAMINA_CRASH_ITERATIONS", "100"))
 
 Snapshot = dict[str, tuple[int, str]]
+_KEEP_LAYERS = 12  # child layers left in the store between kills
 
 
 def _linux_tar(files: dict[str, bytes], whiteouts: tuple[str, ...] = ()) -> bytes:
@@ -67,10 +68,14 @@ _CHILD = textwrap.dedent(
     import random, sys
     from lamina import drivers
     root, name, seed, base_tar, diff_tar = sys.argv[1:6]
+    helpers = sys.argv[7] == "helpers"
     d = drivers.new_driver(name, root)
     rnd = random.Random(int(seed))
     base, diff = open(base_tar, "rb").read(), open(diff_tar, "rb").read()
     import io
+    if helpers:  # the layer as a file, its regular files made by helper processes
+        from lamina.archive import _apply
+        _apply.helper_after = 0
     print("ready", flush=True)
     n = 0
     while True:
@@ -79,7 +84,11 @@ _CHILD = textwrap.dedent(
         child = "c%d-%d" % (int(seed), n)
         if op < 0.6:
             d.create(child, "base")
-            d.apply_diff(child, "base", io.BytesIO(diff))
+            if helpers:
+                with open(diff_tar, "rb") as layer:
+                    d.apply_diff(child, "base", layer)
+            else:
+                d.apply_diff(child, "base", io.BytesIO(diff))
         elif op < 0.8:
             d.create_read_write(child, "base")
         else:
@@ -118,6 +127,8 @@ def _crash_loop(
     base_tar: bytes,
     diff_tar: bytes,
     check_leftovers: Callable[[drivers.Driver], None],
+    *,
+    helpers: bool = False,
 ) -> None:
     root = tmp_path / "store"
     d = _driver_or_skip(name, root)
@@ -151,6 +162,7 @@ def _crash_loop(
                 str(tmp_path / "base.tar"),
                 str(tmp_path / "diff.tar"),
                 str(layers_dir),
+                "helpers" if helpers else "alone",
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -175,6 +187,11 @@ def _crash_loop(
             with survivor.mounted(entry) as p:
                 state = _snapshot(p)
             assert state in (before, after), f"layer {entry} is half-applied after kill #{i}"
+        # keep the store small: every layer is checked after every kill, and a fast
+        # child would otherwise make the loop quadratic
+        children = [e for e in os.listdir(layers_dir) if e.startswith("c") and survivor.exists(e)]
+        for entry in sorted(children)[:-_KEEP_LAYERS]:
+            survivor.remove(entry)
     assert kills >= ITERATIONS // 2, "the child finished too often: no crash was exercised"
 
 
@@ -205,13 +222,16 @@ def _overlay_leftovers(d: drivers.Driver) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="overlay needs root")
-def test_overlay_survives_kill_at_random_points(tmp_path: Path) -> None:
+@pytest.mark.parametrize("helpers", [False, True], ids=["alone", "helpers"])
+def test_overlay_survives_kill_at_random_points(tmp_path: Path, helpers: bool) -> None:
+    # overlay applies into an empty staging directory: with helpers, the kill also
+    # lands while helper processes are creating files
     base = _linux_tar({f"usr/lib/f{i:03d}": os.urandom(2048) for i in range(150)})
     diff = _linux_tar(
         {f"opt/app/g{i:03d}": os.urandom(4096) for i in range(150)},
         whiteouts=tuple(f"usr/lib/.wh.f{i:03d}" for i in range(0, 150, 3)),
     )
-    _crash_loop(tmp_path, "overlay", base, diff, _overlay_leftovers)
+    _crash_loop(tmp_path, "overlay", base, diff, _overlay_leftovers, helpers=helpers)
 
 
 def _windowsfilter_leftovers(d: drivers.Driver) -> None:

@@ -18,8 +18,6 @@ from lamina.cli._common import (
 
 __all__ = ["apply_diff", "changes", "diff", "diff_size"]
 
-_COPY_CHUNK = 1 << 20
-
 _parent = click.option(
     "--parent",
     "-p",
@@ -87,19 +85,18 @@ def diff(state: State, id: str, parent: str | None, output: str | None) -> None:
       lamina diff ctr --parent base -o ctr.tar
       lamina diff ctr --parent base | zstd > ctr.tar.zst
     """
-    import shutil  # with bz2 and lzma behind it: only the command that copies a tar
+    from lamina.archive._export import write_stream  # file contents copied by the kernel
 
     if output is None or output == "-":
         out = stdout_binary()
         refuse_terminal(out, "refusing to write a tar to a terminal; use -o or redirect")
         with state.driver.diff(id, parent) as stream:
-            shutil.copyfileobj(stream, out, _COPY_CHUNK)
-        out.flush()
+            write_stream(stream, out)
         return
     with state.driver.diff(id, parent) as stream:
         try:
             with open(output, "wb") as out:
-                shutil.copyfileobj(stream, out, _COPY_CHUNK)
+                write_stream(stream, out)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(output)  # never leave a truncated tar that looks complete
