@@ -30,7 +30,6 @@ Deliberate differences from Docker, for fidelity and reproducibility:
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 import stat
@@ -49,7 +48,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
     from typing import BinaryIO
 
-__all__ = ["export_changes", "export_tree", "write_stream"]
+__all__ = ["export_changes", "export_tree"]
 
 
 def _debug(message: str, *args: object) -> None:
@@ -66,9 +65,6 @@ _CHUNK = 1 << 20
 # ones are streamed straight into the reader's buffer.
 _INLINE_MAX = 64 << 10
 _NS = 1_000_000_000
-_SEND_MAX = 1 << 30  # bytes a sendfile call
-# errors that sendfile can only have from its output: raised, never taken for the file's
-_OUTPUT_ERRORS = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EPIPE, errno.EFBIG))
 
 _CAPABILITY = "security.capability"
 _OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
@@ -164,73 +160,6 @@ class _TarStream(io.RawIOBase):
             self._data = tw.padding(self._pad)
         return got
 
-    def write_to(self, out_fd: int) -> None:
-        """Write the rest of the stream to ``out_fd``, big files' content copied by the kernel.
-
-        Headers and small files are gathered into one buffer written a
-        mebibyte at a time; a big file's content goes from its descriptor to
-        ``out_fd`` by ``sendfile`` and never enters this process.  The bytes
-        are exactly the ones :meth:`readinto` gives.
-        """
-        out = bytearray()
-        while True:
-            if self._data:
-                out += self._data
-                self._data = b""
-            elif self._left:
-                if self._fd >= 0:
-                    if out:
-                        _write_all(out_fd, out)
-                        out.clear()
-                    if self._send_file(out_fd):
-                        continue
-                # it shrank (zeros are owed), or sendfile cannot do it: through a buffer
-                chunk = memoryview(bytearray(min(self._left, _CHUNK)))
-                out += chunk[: self._copy_file(chunk, 0, len(chunk))]
-            elif self._queue:
-                piece = self._queue.popleft()
-                if isinstance(piece, bytes):
-                    out += piece
-                else:
-                    self._fd, self._left = piece
-                    self._pad = self._left
-            elif self._done:
-                break
-            else:
-                try:
-                    self._queue.extend(next(self._entries))
-                except StopIteration:
-                    self._done = True
-                    self._data = tw.END_OF_ARCHIVE
-            if len(out) >= _CHUNK:
-                _write_all(out_fd, out)
-                out.clear()
-        if out:
-            _write_all(out_fd, out)
-
-    def _send_file(self, out_fd: int) -> bool:
-        """Copy the current file's content by ``sendfile``; False: use the buffer instead.
-
-        A file that ends early is closed with the rest still owed (zeros, as
-        :meth:`_copy_file` pads).  An error that may be the source's (the
-        call does not say which side failed) hands over to the buffered copy,
-        which tells them apart; only the output's own failures are raised.
-        """
-        while self._left:
-            try:
-                sent = os.sendfile(out_fd, self._fd, None, min(self._left, _SEND_MAX))
-            except OSError as exc:
-                if exc.errno in _OUTPUT_ERRORS:
-                    raise
-                return False
-            if not sent:
-                self._finish_file()
-                return True
-            self._left -= sent
-        self._finish_file()
-        self._data = tw.padding(self._pad)
-        return True
-
     def readall(self) -> bytes:
         chunks: list[bytes] = []
         while True:
@@ -257,49 +186,9 @@ class _TarStream(io.RawIOBase):
         super().close()
 
 
-class _ExportReader(io.BufferedReader):
-    """The buffered tar stream, plus :meth:`write_to` for a copy that skips this process."""
-
-    def write_to(self, out_fd: int) -> None:
-        """Write all that is left to ``out_fd`` (file contents by ``sendfile``)."""
-        buffered = self.read1(len(self.peek(0)))  # what a read before this left buffered
-        if buffered:
-            _write_all(out_fd, buffered)
-        raw = self.raw
-        assert isinstance(raw, _TarStream)
-        raw.write_to(out_fd)
-
-
-def _write_all(fd: int, data: bytes | bytearray) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def write_stream(stream: BinaryIO, out: BinaryIO) -> None:
-    """Copy a tar stream to ``out``; an export's own stream by the fast path.
-
-    When ``stream`` comes from :func:`export_tree` or :func:`export_changes`
-    and ``out`` has a descriptor, the kernel copies file contents straight
-    from the files to it; otherwise the bytes are read and written a
-    mebibyte at a time.
-    """
-    out.flush()
-    try:
-        out_fd = out.fileno()
-    except (OSError, ValueError):  # io.UnsupportedOperation is both
-        out_fd = -1
-    if out_fd >= 0 and isinstance(stream, _ExportReader):
-        stream.write_to(out_fd)
-        return
-    while chunk := stream.read(_CHUNK):
-        out.write(chunk)
-    out.flush()
-
-
 def _wrap(entries: Iterator[tuple[_Piece, ...]], root_fd: int) -> BinaryIO:
     raw = _TarStream(entries, lambda: os.close(root_fd))
-    return _ExportReader(raw, _CHUNK)
+    return io.BufferedReader(raw, _CHUNK)
 
 
 class _DirPath:

@@ -18,6 +18,8 @@ from lamina.cli._common import (
 
 __all__ = ["apply_diff", "changes", "diff", "diff_size"]
 
+_COPY_CHUNK = 1 << 20
+
 _parent = click.option(
     "--parent",
     "-p",
@@ -85,18 +87,19 @@ def diff(state: State, id: str, parent: str | None, output: str | None) -> None:
       lamina diff ctr --parent base -o ctr.tar
       lamina diff ctr --parent base | zstd > ctr.tar.zst
     """
-    from lamina.archive._export import write_stream  # file contents copied by the kernel
+    import shutil  # with bz2 and lzma behind it: only the command that copies a tar
 
     if output is None or output == "-":
         out = stdout_binary()
         refuse_terminal(out, "refusing to write a tar to a terminal; use -o or redirect")
         with state.driver.diff(id, parent) as stream:
-            write_stream(stream, out)
+            shutil.copyfileobj(stream, out, _COPY_CHUNK)
+        out.flush()
         return
     with state.driver.diff(id, parent) as stream:
         try:
             with open(output, "wb") as out:
-                write_stream(stream, out)
+                shutil.copyfileobj(stream, out, _COPY_CHUNK)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(output)  # never leave a truncated tar that looks complete
