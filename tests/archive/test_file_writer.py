@@ -351,3 +351,26 @@ def test_helpers_die_with_a_killed_applier(tmp_path: Path) -> None:
     count = sum(len(f) for _, _, f in os.walk(dest))
     time.sleep(0.2)
     assert sum(len(f) for _, _, f in os.walk(dest)) == count
+
+
+@pytest.mark.parametrize("layer", ["fine", "refused"])
+def test_helpers_when_the_caller_reaps_children_itself(
+    tmp_path: Path, started: list[int], layer: str
+) -> None:
+    # SIGCHLD ignored: the kernel reaps the helpers, waitpid finds no child
+    if layer == "fine":
+        raw, files = _many_files(4, 40)
+    else:
+        raw, files = _layer([("file", "a", b"x", 0o644), ("file", "a/b", b"y", 0o644)]), {}
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        result = _apply_file(raw, tmp_path)
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    assert started
+    if layer == "fine":
+        assert result == sum(map(len, files.values()))
+        assert all((tmp_path / n).read_bytes() == d for n, d in files.items())
+    else:
+        assert isinstance(result, LaminaError)
+    assert not (set(started) & _children())

@@ -117,6 +117,7 @@ class FileWriter:
                     os.close(sibling._cmd)
                     os.close(sibling._reply)
                 _die_with_parent(parent)
+                _ignore_interrupts()
                 _Helper(root_fd, layer_fd, use_openat2).serve(cmd_r, reply_w)
                 code = 0
             finally:
@@ -181,17 +182,22 @@ class FileWriter:
         """After a barrier: let the helper exit and reap it."""
         os.close(self._cmd)
         self._cmd = -1
-        _, status = os.waitpid(self.pid, 0)
+        status = _reap(self.pid)
         self.pid = 0
         os.close(self._reply)
+        self._reply = -1
         if status:
             raise WriterError(errno.EIO, f"file helper ended with status {status}", "", False)
 
     def kill(self) -> None:
         """Stop the helper at once and reap it: after this, nothing more is written."""
         if self.pid:
-            os.kill(self.pid, _SIGKILL)  # never ESRCH: only we reap it
-            os.waitpid(self.pid, 0)
+            try:
+                os.kill(self.pid, _SIGKILL)
+            except ProcessLookupError:
+                pass  # the caller's own SIGCHLD handling reaped it: it is gone
+            else:
+                _reap(self.pid)
             self.pid = 0
         for fd in (self._cmd, self._reply):
             if fd >= 0:
@@ -200,6 +206,26 @@ class FileWriter:
 
     def _died(self) -> None:
         raise WriterError(errno.EIO, "the file helper process died", "", False)
+
+
+def _reap(pid: int) -> int:
+    """Wait for a helper; its wait status (0 when someone else reaped it already).
+
+    A caller that ignores SIGCHLD, or reaps every child in a handler, takes
+    the status first; the helper answered its last barrier before exiting,
+    so nothing is lost but the status.
+    """
+    try:
+        return os.waitpid(pid, 0)[1]
+    except ChildProcessError:
+        return 0
+
+
+def _ignore_interrupts() -> None:
+    """Ctrl-C reaches the whole process group: the applier handles it and kills us."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _die_with_parent(parent: int) -> None:
