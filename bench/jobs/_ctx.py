@@ -107,6 +107,7 @@ class Context:
         modules = ", ".join(
             [
                 "click",
+                "signal",  # loaded by apply's helper processes
                 "lamina.archive._apply",
                 "lamina.archive._export",
                 "lamina.archive._changes",
