@@ -46,6 +46,7 @@ from collections.abc import Sequence
 
 from lamina._change import Change, ChangeKind
 from lamina.archive._changes import stat_different
+from lamina.archive._prefetch import warm_for_changes
 from lamina.archive._statx import birth_time_ns
 from lamina.archive._whiteout import OVERLAY_OPAQUE_XATTR
 
@@ -294,6 +295,7 @@ def overlay_changes(
     Sorted by (path, kind), like :func:`lamina.archive.changes`.
     """
     walker = _Walker(os.fspath(upper), lowers)
+    warm_for_changes(walker.upper, [os.fspath(p) for p in lowers])  # cold caches: reads overlap
     walker.visit(walker.upper, (), walker.view.dirs(()))
     return sorted(walker.out)
 
