@@ -1,15 +1,16 @@
 """Helper processes that create regular files: the same tree as applying alone, always.
 
-``apply_layer`` hands the regular files of a plain layer file applied into an
-empty directory to helper processes once it has seen ``helper_after`` of them.
-These tests force the helpers on from the first file and compare, entry by
-entry, with the tree the applier makes alone from the same bytes, on layers
-built to hit every ordering hazard (a path made twice, a file replaced by a
-directory and back, whiteouts and opaque markers over files still being
-made, hardlinks to them, entries below a file).  They also check the
-helpers' lifetime: reaped by the time ``apply_layer`` returns or raises,
-killed with the applier, never started beside other threads or into a
-non-empty directory.
+``apply_layer`` hands a layer's regular files to helper processes once it
+has seen ``helper_after`` of them.  These tests force the helpers on from
+the first file and compare, entry by entry, with the tree the applier makes
+alone from the same bytes, on layers built to hit every ordering hazard (a
+path made twice, a file replaced by a directory and back, whiteouts and
+opaque markers over files still being made, hardlinks to them, entries
+below a file), applied into an empty directory or onto what another layer
+left there (files, links and directories where the new layer has files).
+They also check the helpers' lifetime: reaped by the time ``apply_layer``
+returns or raises, killed with the applier, never started beside other
+threads.
 """
 
 from __future__ import annotations
@@ -163,16 +164,28 @@ def _layer(entries: list[tuple[object, ...]]) -> bytes:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(entries=st.lists(ops, min_size=1, max_size=25), via_file=st.booleans())
+@given(
+    entries=st.lists(ops, min_size=1, max_size=25),
+    lower=st.lists(ops, max_size=15),
+    via_file=st.booleans(),
+)
 def test_helpers_make_the_same_tree_as_the_applier_alone(
-    started: list[int], entries: list[tuple[object, ...]], via_file: bool
+    started: list[int],
+    entries: list[tuple[object, ...]],
+    lower: list[tuple[object, ...]],
+    via_file: bool,
 ) -> None:
-    # via a file, helpers copy bodies by offset; from a stream, bodies travel to them
+    # via a file, helpers copy bodies by offset; from a stream, bodies travel to them;
+    # ``lower`` is applied first (alone, into both): what the layer lands on
     raw = _layer(entries)
     with tempfile.TemporaryDirectory() as base:
         alone, helped = Path(base, "alone"), Path(base, "helped")
         alone.mkdir()
         helped.mkdir()
+        if lower:
+            _apply_alone(_layer(lower), alone)
+            _apply_alone(_layer(lower), helped)
+            assert _snapshot(helped) == _snapshot(alone)
         before = len(started)
         expected = _apply_alone(raw, alone)
         got = (_apply_file if via_file else _apply_stream)(raw, helped)
@@ -272,15 +285,21 @@ def test_no_helpers_beside_other_threads(tmp_path: Path, started: list[int]) -> 
     assert all((tmp_path / n).read_bytes() == d for n, d in files.items())
 
 
-def test_no_helpers_into_a_directory_that_holds_something(
-    tmp_path: Path, started: list[int]
-) -> None:
+def test_helpers_replace_what_was_there(tmp_path: Path, started: list[int]) -> None:
+    # a file, a symlink and a directory tree from before, where the layer has files
     (tmp_path / "d00").mkdir()
     (tmp_path / "d00" / "f0000").write_bytes(b"old")
+    (tmp_path / "d00" / "f0001").symlink_to("/etc/passwd")
+    (tmp_path / "d00" / "f0002" / "deep").mkdir(parents=True)
+    (tmp_path / "d00" / "f0002" / "deep" / "x").write_bytes(b"old")
     raw, files = _many_files(2, 30)
-    assert not isinstance(_apply_file(raw, tmp_path), LaminaError)
-    assert started == []
-    assert all((tmp_path / n).read_bytes() == d for n, d in files.items())
+    assert _apply_file(raw, tmp_path) == sum(map(len, files.values()))
+    assert started
+    for name, data in files.items():
+        path = tmp_path / name
+        assert not path.is_symlink()
+        assert path.read_bytes() == data
+    assert sorted(os.listdir(tmp_path / "d00")) == sorted(n[4:] for n in files if n[:3] == "d00")
 
 
 def test_helper_failure_is_typed_and_nothing_outlives_it(
@@ -374,3 +393,48 @@ def test_helpers_when_the_caller_reaps_children_itself(
     else:
         assert isinstance(result, LaminaError)
     assert not (set(started) & _children())
+
+
+_F = ("file", "a/b", b"new", 0o644)
+HAZARDS: dict[str, tuple[list[tuple[object, ...]], list[tuple[object, ...]]]] = {
+    # name: (lower layer, layer) -- each a sequence the helpers must not reorder
+    "file-then-whiteout": ([], [_F, ("whiteout", "a/b")]),
+    "file-then-whiteout-of-its-dir": ([], [_F, ("whiteout", "a")]),
+    "file-then-opaque-dir": ([("file", "a/c", b"old", 0o644)], [_F, ("opaque", "a")]),
+    "file-then-file": ([], [_F, ("file", "a/b", b"second", 0o600)]),
+    "file-then-dir": ([], [_F, ("dir", "a/b", 0o755)]),
+    "file-then-symlink": ([], [_F, ("symlink", "a/b", "x")]),
+    "file-then-hardlink-to-it": ([], [_F, ("hardlink", "a/c", "a/b")]),
+    "file-then-entry-below-it": ([], [_F, ("file", "a/b/c", b"x", 0o644)]),
+    "dir-then-file": ([], [("dir", "a/b", 0o755), ("file", "a/b/c", b"x", 0o644), _F]),
+    "over-a-file": ([("file", "a/b", b"old", 0o600)], [_F]),
+    "over-a-symlink": ([("symlink", "a/b", "../x")], [_F]),
+    "over-a-directory": ([("file", "a/b/c/d", b"old", 0o644)], [_F]),
+    "over-a-directory-then-below": ([("dir", "a/b", 0o755)], [_F, ("file", "a/b/c", b"", 0o644)]),
+    "whiteout-of-a-lower-file": ([("file", "a/c", b"old", 0o644)], [_F, ("whiteout", "a/c")]),
+    "file-in-a-lower-dir-then-opaque": (
+        [("file", "a/b/old", b"old", 0o644)],
+        [("file", "a/b/new", b"new", 0o644), ("opaque", "a")],
+    ),
+}
+
+
+@pytest.mark.parametrize("via_file", [True, False], ids=["file", "stream"])
+@pytest.mark.parametrize("hazard", sorted(HAZARDS))
+def test_ordering_hazards(tmp_path: Path, started: list[int], hazard: str, via_file: bool) -> None:
+    lower, entries = HAZARDS[hazard]
+    raw = _layer(entries)
+    alone, helped = tmp_path / "alone", tmp_path / "helped"
+    alone.mkdir()
+    helped.mkdir()
+    for dest in (alone, helped):
+        if lower:
+            assert not isinstance(_apply_alone(_layer(lower), dest), LaminaError)
+    expected = _apply_alone(raw, alone)
+    got = (_apply_file if via_file else _apply_stream)(raw, helped)
+    assert started, "no helper was started"
+    if isinstance(expected, LaminaError):
+        assert type(got) is type(expected), (expected, got)
+    else:
+        assert got == expected
+        assert _snapshot(helped) == _snapshot(alone)

@@ -27,11 +27,13 @@ none points at a deleted one, and the cache is trimmed only between
 entries, so none is closed while an entry still uses it.  Trees are removed
 iteratively with a bounded number of descriptors, whatever their depth.
 
-Helpers.  Applied into an empty directory, a layer's regular files (after
-the first ``helper_after``, or all of them for a big compressed layer file)
-are created by helper processes (``_file_writer``) while this process goes
-on parsing; it waits for them (a barrier) before anything that removes,
-replaces or links, and before setting directory times.
+Helpers.  A layer's regular files (after the first ``helper_after``, or
+all of them for a big compressed layer file) are created by helper
+processes (``_file_writer``) while this process goes on parsing; it waits
+for them (a barrier) before anything that removes, replaces or links a path
+this layer made or a helper may be making, before merging into a directory
+when unprivileged, and before setting directory times.  A name that holds a
+directory from before the apply is left to this process, after a barrier.
 
 Input.  The stream is decompressed here, never by a tool from the layer.
 It is read on past the tar's end-of-archive marker (up to 8 MiB) to its
@@ -65,7 +67,13 @@ import stat
 from lamina._frozen import Frozen
 from lamina.archive import _openat2
 from lamina.archive._compression import Compression, detect_compression, open_decompressed
-from lamina.archive._file_writer import FileWriter, WriterError, can_fork_writer
+from lamina.archive._file_writer import (
+    FileRecord,
+    FileWriter,
+    WriterError,
+    can_fork_writer,
+    create_file,
+)
 from lamina.archive._idmap import IDMap
 from lamina.archive._paths import split_entry_name
 from lamina.archive._tarreader import (
@@ -284,20 +292,17 @@ class _Applier:
         self.unpacked: set[str] = set()
         self.dir_times: dict[str, tuple[int, int]] = {}
         self.removed_dirs = False  # a directory was deleted: dir_times may name stale paths
-        # The helper processes: only into an empty directory, where everything
-        # that exists was made by this apply and is in ``unpacked`` or
-        # ``implied``, so a new path is known to be free.
+        # The helper processes get the regular files at paths this apply has
+        # not made yet (not in ``unpacked`` or ``implied``); what such a path
+        # holds from before is replaced by the helper (a file, a link) or left
+        # to this process after the next barrier (a directory).
         self.layer_fd = -1  # a plain layer file: helpers copy bodies from it by offset
         self.writers: list[FileWriter] = []
         self.writer_of: dict[str, FileWriter] = {}  # by parent: one directory, one helper
         #: paths sent to a helper since the last barrier: not known to exist yet
         self.pending: set[str] = set()
         self.implied: set[str] = set()  # parents made for entries that came before them
-        self.helper_countdown = -1
-        if helper_after is not None:
-            with os.scandir(self.root_fd) as listing:
-                if next(listing, None) is None:
-                    self.helper_countdown = helper_after
+        self.helper_countdown = -1 if helper_after is None else helper_after
 
     def close(self) -> None:
         for writer in self.writers:
@@ -331,11 +336,12 @@ class _Applier:
     def _settle(self) -> None:
         """Wait for the helpers' files (a barrier), turning a failure into ours."""
         self.pending.clear()
+        deferred: list[FileRecord] = []
         try:
             for writer in self.writers:
                 writer.send_barrier()
             for writer in self.writers:
-                writer.wait_barrier()
+                deferred += writer.wait_barrier()
         except WriterError as exc:
             if exc.unsafe:
                 raise UnsafeArchiveError(
@@ -343,6 +349,12 @@ class _Applier:
                     "(symlinks on disk are never followed)"
                 ) from None
             raise OSError(exc.errno, exc.message, exc.path) from None
+        for record in deferred:  # a file where a directory was: replace it here
+            parent, name = record[0], record[1]
+            path = f"{parent}/{name}" if parent else name
+            parent_fd, _ = self._parent(path.split("/"))
+            self._remove(parent_fd, name, path)
+            create_file(parent_fd, record, self.layer_fd)
 
     def _settle_if_pending(self) -> None:
         if self.pending:
@@ -459,19 +471,28 @@ class _Applier:
     # -- removal -------------------------------------------------------------
 
     def _remove(self, parent_fd: int, name: str, path: str) -> bool:
-        """Remove ``name`` whatever it is; True if something was removed."""
-        self._settle_if_pending()  # the helper must not hold or fill what goes
+        """Remove ``name`` whatever it is; True if something was removed.
+
+        A helper may be making ``path`` (then it must exist first), or files
+        in a directory that goes (then they must, and the helpers must forget
+        the directory): both wait for a barrier.  A file from before this
+        apply goes at once.
+        """
+        if path in self.pending:
+            self._settle()
         try:
             os.unlink(name, dir_fd=parent_fd)
         except FileNotFoundError:
             return False
         except IsADirectoryError:
+            self._settle_if_pending()
             self._remove_tree(parent_fd, name, path)
         except PermissionError as exc:
             # unlink of a directory gives EISDIR on Linux, EPERM elsewhere
             st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
             if not stat.S_ISDIR(st.st_mode):
                 raise exc from None
+            self._settle_if_pending()
             self._remove_tree(parent_fd, name, path)
         return True
 
@@ -486,7 +507,6 @@ class _Applier:
 
     def _make_opaque(self, parent_parts: list[str]) -> None:
         """Empty a directory of what this layer did not unpack (OCI opaque marker)."""
-        self._settle_if_pending()
         dir_path = "/".join(parent_parts)
         if parent_parts:
             fd, _ = self._parent([*parent_parts, ""])
@@ -754,6 +774,10 @@ class _Applier:
             st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
                 fresh = False  # merged with an existing directory: set everything
+                if self.pending and self.euid != 0:
+                    # its new mode may shut out an owner without root's override:
+                    # files sent for it before must exist first, as applied in order
+                    self._settle()
             else:
                 self._remove(parent_fd, name, path)
                 os.mkdir(name, mode & 0o777, dir_fd=parent_fd)

@@ -9,17 +9,20 @@ and whiteouts: on two cores the 50,000-file layer takes about two thirds of
 GNU tar's time.  Threads cannot do it: each system call returns into a
 fight for the interpreter lock, and two threads ran slower than one.
 
-What it may do.  The helper only ever creates *new* regular files named by
-the applier, in directories the applier made or opened first.  From a plain
+What it may do.  The helper creates the regular files named by the applier,
+in directories the applier made or opened first, at names this apply has
+not used yet: where such a name holds a file or a link from before, the
+helper removes it as the applier would; a directory it leaves to the
+applier (the record comes back at the next barrier).  From a plain
 layer file the kernel copies the bodies (``sendfile``: the applier sends an
 offset and a size); from a stream (a decoder's output) small bodies travel
 in the message itself.  It resolves each parent beneath the layer root with
 the same rule as the applier (``openat2`` with ``RESOLVE_BENEATH |
 RESOLVE_NO_SYMLINKS``, else one ``O_NOFOLLOW`` component at a time), so it
-can write nowhere the applier could not.  Everything that removes, replaces
-or links is the applier's, after a *barrier*: the helper finishes all it was
-sent, forgets its cached directories and answers with the first error it
-met (or none).
+can write nowhere the applier could not.  Everything else that removes,
+replaces or links is the applier's, after a *barrier*: the helper finishes
+all it was sent, forgets its cached directories and answers with the first
+error it met (or none) and the records it left.
 
 Lifetime.  The helper is forked (only from a single-threaded process),
 dies with its parent (``PR_SET_PDEATHSIG``), exits at the end of its input
@@ -36,7 +39,7 @@ import sys
 
 from lamina.archive import _openat2
 
-__all__ = ["FileRecord", "FileWriter", "can_fork_writer"]
+__all__ = ["FileRecord", "FileWriter", "can_fork_writer", "create_file"]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -164,8 +167,12 @@ class FileWriter:
         self._flush()
         self._send(_BARRIER)
 
-    def wait_barrier(self) -> None:
-        """Wait until every file sent exists; raise the helper's first error, if any."""
+    def wait_barrier(self) -> list[FileRecord]:
+        """Wait until every file sent exists; raise the helper's first error, if any.
+
+        Returns the records it left to the applier: files whose name holds a
+        directory from before this apply, which the applier removes first.
+        """
         answer = b""
         while True:
             chunk = os.read(self._reply, 65536)
@@ -174,9 +181,10 @@ class FileWriter:
             answer += chunk
             if len(answer) >= 4 and len(answer) >= 4 + int.from_bytes(answer[:4], "little"):
                 break
-        failure = marshal.loads(answer[4:])
+        failure, deferred = marshal.loads(answer[4:])
         if failure is not None:
             raise WriterError(*failure)
+        return list(deferred)
 
     def finish(self) -> None:
         """After a barrier: let the helper exit and reap it."""
@@ -206,6 +214,32 @@ class FileWriter:
 
     def _died(self) -> None:
         raise WriterError(errno.EIO, "the file helper process died", "", False)
+
+
+def create_file(parent_fd: int, record: FileRecord, layer_fd: int) -> None:
+    """Create one new regular file as a record says (the helper's work, and the applier's
+    for the records a helper left to it)."""
+    _, name, offset, size, mode, uid, gid, chmod, atime, mtime, body = record
+    fd = os.open(name, _FILE_CREATE, mode, dir_fd=parent_fd)
+    try:
+        if offset < 0:  # the body came with the record
+            view = memoryview(body)
+            while view:
+                view = view[os.write(fd, view) :]
+            size = 0
+        while size:
+            sent = os.sendfile(fd, layer_fd, offset, size)
+            if not sent:
+                raise OSError(errno.EIO, "the layer file ended inside a body")
+            offset += sent
+            size -= sent
+        if uid >= 0:
+            os.fchown(fd, uid, gid)
+        if chmod >= 0:
+            os.fchmod(fd, chmod)
+        os.utime(fd, ns=(atime, mtime))
+    finally:
+        os.close(fd)
 
 
 def _reap(pid: int) -> int:
@@ -247,6 +281,7 @@ class _Helper:
         self.use_openat2 = use_openat2
         self.dirs: dict[str, int] = {}
         self.failure: tuple[int, str, str, bool] | None = None
+        self.deferred: list[FileRecord] = []  # files where a directory is: the applier's
 
     def serve(self, cmd_fd: int, reply_fd: int) -> None:
         buf = b""
@@ -274,16 +309,16 @@ class _Helper:
         for fd in self.dirs.values():
             os.close(fd)
         self.dirs.clear()  # the applier may now remove or replace directories
-        data = marshal.dumps(self.failure)
+        data = marshal.dumps((self.failure, self.deferred))
+        self.deferred = []
         data = len(data).to_bytes(4, "little") + data
         while data:
             data = data[os.write(reply_fd, data) :]
 
     def _create_all(self, records: list[FileRecord]) -> None:
         dirs, root_fd, layer_fd = self.dirs, self.root_fd, self.layer_fd
-        sendfile, utime, close = os.sendfile, os.utime, os.close
-        write = os.write
-        for parent, name, offset, size, mode, uid, gid, chmod, atime, mtime, body in records:
+        for record in records:
+            parent, name = record[0], record[1]
             try:
                 parent_fd = dirs.get(parent) if parent else root_fd
                 if parent_fd is None:
@@ -293,26 +328,18 @@ class _Helper:
                 self._fail(exc, f"{parent}/{name}", unsafe)
                 return
             try:
-                fd = os.open(name, _FILE_CREATE, mode, dir_fd=parent_fd)
                 try:
-                    if offset < 0:  # the body came with the record
-                        view = memoryview(body)
-                        while view:
-                            view = view[write(fd, view) :]
-                        size = 0
-                    while size:
-                        sent = sendfile(fd, layer_fd, offset, size)
-                        if not sent:
-                            raise OSError(errno.EIO, "the layer file ended inside a body")
-                        offset += sent
-                        size -= sent
-                    if uid >= 0:
-                        os.fchown(fd, uid, gid)
-                    if chmod >= 0:
-                        os.fchmod(fd, chmod)
-                    utime(fd, ns=(atime, mtime))
-                finally:
-                    close(fd)
+                    create_file(parent_fd, record, layer_fd)
+                except FileExistsError:
+                    # Something older than this apply (this layer's own paths never come
+                    # here twice): a file or a link goes, as the applier would do it; a
+                    # directory is the applier's to remove, after the next barrier.
+                    try:
+                        os.unlink(name, dir_fd=parent_fd)
+                    except (IsADirectoryError, PermissionError):
+                        self.deferred.append(record)
+                        continue
+                    create_file(parent_fd, record, layer_fd)
             except OSError as exc:
                 self._fail(exc, f"{parent}/{name}" if parent else name, False)
                 return
