@@ -204,13 +204,15 @@ def _vfs_leftovers(d: drivers.Driver) -> None:
 
 
 @pytest.mark.slow
-def test_vfs_survives_kill_at_random_points(tmp_path: Path) -> None:
+@pytest.mark.parametrize("helpers", [False, True], ids=["alone", "helpers"])
+def test_vfs_survives_kill_at_random_points(tmp_path: Path, helpers: bool) -> None:
+    # vfs applies onto a copy of the parent: with helpers, files replace files
     base = _linux_tar({f"usr/lib/f{i:03d}": os.urandom(2048) for i in range(150)})
     diff = _linux_tar(
         {f"opt/app/g{i:03d}": os.urandom(4096) for i in range(150)},
         whiteouts=tuple(f"usr/lib/.wh.f{i:03d}" for i in range(0, 150, 3)),
     )
-    _crash_loop(tmp_path, "vfs", base, diff, _vfs_leftovers)
+    _crash_loop(tmp_path, "vfs", base, diff, _vfs_leftovers, helpers=helpers)
 
 
 def _overlay_leftovers(d: drivers.Driver) -> None:
