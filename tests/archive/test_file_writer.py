@@ -412,6 +412,10 @@ HAZARDS: dict[str, tuple[list[tuple[object, ...]], list[tuple[object, ...]]]] = 
     "over-a-directory": ([("file", "a/b/c/d", b"old", 0o644)], [_F]),
     "over-a-directory-then-below": ([("dir", "a/b", 0o755)], [_F, ("file", "a/b/c", b"", 0o644)]),
     "whiteout-of-a-lower-file": ([("file", "a/c", b"old", 0o644)], [_F, ("whiteout", "a/c")]),
+    "over-a-directory-open-below": (
+        [("file", "a/b/c/old", b"old", 0o644)],
+        [("file", "a/b/c/y", b"y", 0o644), _F, ("file", "a/b/c/x", b"x", 0o644)],
+    ),
     "file-in-a-lower-dir-then-opaque": (
         [("file", "a/b/old", b"old", 0o644)],
         [("file", "a/b/new", b"new", 0o644), ("opaque", "a")],

@@ -32,8 +32,8 @@ all of them for a big compressed layer file) are created by helper
 processes (``_file_writer``) while this process goes on parsing; it waits
 for them (a barrier) before anything that removes, replaces or links a path
 this layer made or a helper may be making, before merging into a directory
-when unprivileged, and before setting directory times.  A name that holds a
-directory from before the apply is left to this process, after a barrier.
+when unprivileged, and before setting directory times.  A file whose name
+holds a directory from before the apply is this process's to make.
 
 Input.  The stream is decompressed here, never by a tool from the layer.
 It is read on past the tar's end-of-archive marker (up to 8 MiB) to its
@@ -67,13 +67,7 @@ import stat
 from lamina._frozen import Frozen
 from lamina.archive import _openat2
 from lamina.archive._compression import Compression, detect_compression, open_decompressed
-from lamina.archive._file_writer import (
-    FileRecord,
-    FileWriter,
-    WriterError,
-    can_fork_writer,
-    create_file,
-)
+from lamina.archive._file_writer import FileWriter, WriterError, can_fork_writer
 from lamina.archive._idmap import IDMap
 from lamina.archive._paths import split_entry_name
 from lamina.archive._tarreader import (
@@ -293,9 +287,10 @@ class _Applier:
         self.dir_times: dict[str, tuple[int, int]] = {}
         self.removed_dirs = False  # a directory was deleted: dir_times may name stale paths
         # The helper processes get the regular files at paths this apply has
-        # not made yet (not in ``unpacked`` or ``implied``); what such a path
-        # holds from before is replaced by the helper (a file, a link) or left
-        # to this process after the next barrier (a directory).
+        # not made yet (not in ``unpacked`` or ``implied``) and that hold no
+        # directory: into a directory that was empty, every such path is free;
+        # into one that was not, a file or link there is the helper's to
+        # replace, and a directory (checked here) this process replaces itself.
         self.layer_fd = -1  # a plain layer file: helpers copy bodies from it by offset
         self.writers: list[FileWriter] = []
         self.writer_of: dict[str, FileWriter] = {}  # by parent: one directory, one helper
@@ -303,6 +298,10 @@ class _Applier:
         self.pending: set[str] = set()
         self.implied: set[str] = set()  # parents made for entries that came before them
         self.helper_countdown = -1 if helper_after is None else helper_after
+        self.fresh_dest = False  # the directory was empty: no lstat before sending
+        if helper_after is not None:
+            with os.scandir(self.root_fd) as listing:
+                self.fresh_dest = next(listing, None) is None
 
     def close(self) -> None:
         for writer in self.writers:
@@ -336,12 +335,11 @@ class _Applier:
     def _settle(self) -> None:
         """Wait for the helpers' files (a barrier), turning a failure into ours."""
         self.pending.clear()
-        deferred: list[FileRecord] = []
         try:
             for writer in self.writers:
                 writer.send_barrier()
             for writer in self.writers:
-                deferred += writer.wait_barrier()
+                writer.wait_barrier()
         except WriterError as exc:
             if exc.unsafe:
                 raise UnsafeArchiveError(
@@ -349,12 +347,6 @@ class _Applier:
                     "(symlinks on disk are never followed)"
                 ) from None
             raise OSError(exc.errno, exc.message, exc.path) from None
-        for record in deferred:  # a file where a directory was: replace it here
-            parent, name = record[0], record[1]
-            path = f"{parent}/{name}" if parent else name
-            parent_fd, _ = self._parent(path.split("/"))
-            self._remove(parent_fd, name, path)
-            create_file(parent_fd, record, self.layer_fd)
 
     def _settle_if_pending(self) -> None:
         if self.pending:
@@ -642,6 +634,7 @@ class _Applier:
             and (self.layer_fd >= 0 or entry.size <= _SHIPPED_BODY_MAX)
             and path not in self.unpacked
             and path not in self.implied
+            and (self.fresh_dest or not _is_directory(parent_fd, name))
         ):
             self._send_to_writer(reader, entry, parent_setgid, name, path)
             return
@@ -665,7 +658,8 @@ class _Applier:
         name: str,
         path: str,
     ) -> None:
-        """Have the helper make this new file: its metadata here, its body by file offset."""
+        """Have a helper make this file: metadata decided here, the body by file offset
+        (a plain layer file) or in the message (a decoded stream)."""
         mode = entry.mode
         uid = -1
         gid = 0
@@ -889,6 +883,14 @@ class _Applier:
                 os.utime(parts[-1], ns=(atime, mtime), dir_fd=fd, follow_symlinks=False)
             except (FileNotFoundError, UnsafeArchiveError):
                 continue  # removed or replaced later in the stream
+
+
+def _is_directory(parent_fd: int, name: str) -> bool:
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISDIR(st.st_mode)
 
 
 def _disable_openat2() -> None:

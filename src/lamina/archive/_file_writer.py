@@ -11,9 +11,8 @@ fight for the interpreter lock, and two threads ran slower than one.
 
 What it may do.  The helper creates the regular files named by the applier,
 in directories the applier made or opened first, at names this apply has
-not used yet: where such a name holds a file or a link from before, the
-helper removes it as the applier would; a directory it leaves to the
-applier (the record comes back at the next barrier).  From a plain
+not used and that hold no directory: where such a name holds a file or a
+link from before, the helper removes it as the applier would.  From a plain
 layer file the kernel copies the bodies (``sendfile``: the applier sends an
 offset and a size); from a stream (a decoder's output) small bodies travel
 in the message itself.  It resolves each parent beneath the layer root with
@@ -22,7 +21,7 @@ RESOLVE_NO_SYMLINKS``, else one ``O_NOFOLLOW`` component at a time), so it
 can write nowhere the applier could not.  Everything else that removes,
 replaces or links is the applier's, after a *barrier*: the helper finishes
 all it was sent, forgets its cached directories and answers with the first
-error it met (or none) and the records it left.
+error it met (or none).
 
 Lifetime.  The helper is forked (only from a single-threaded process),
 dies with its parent (``PR_SET_PDEATHSIG``), exits at the end of its input
@@ -39,7 +38,7 @@ import sys
 
 from lamina.archive import _openat2
 
-__all__ = ["FileRecord", "FileWriter", "can_fork_writer", "create_file"]
+__all__ = ["FileRecord", "FileWriter", "can_fork_writer"]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -167,12 +166,8 @@ class FileWriter:
         self._flush()
         self._send(_BARRIER)
 
-    def wait_barrier(self) -> list[FileRecord]:
-        """Wait until every file sent exists; raise the helper's first error, if any.
-
-        Returns the records it left to the applier: files whose name holds a
-        directory from before this apply, which the applier removes first.
-        """
+    def wait_barrier(self) -> None:
+        """Wait until every file sent exists; raise the helper's first error, if any."""
         answer = b""
         while True:
             chunk = os.read(self._reply, 65536)
@@ -181,10 +176,9 @@ class FileWriter:
             answer += chunk
             if len(answer) >= 4 and len(answer) >= 4 + int.from_bytes(answer[:4], "little"):
                 break
-        failure, deferred = marshal.loads(answer[4:])
+        failure = marshal.loads(answer[4:])
         if failure is not None:
             raise WriterError(*failure)
-        return list(deferred)
 
     def finish(self) -> None:
         """After a barrier: let the helper exit and reap it."""
@@ -217,8 +211,7 @@ class FileWriter:
 
 
 def create_file(parent_fd: int, record: FileRecord, layer_fd: int) -> None:
-    """Create one new regular file as a record says (the helper's work, and the applier's
-    for the records a helper left to it)."""
+    """Create one new regular file as a record says."""
     _, name, offset, size, mode, uid, gid, chmod, atime, mtime, body = record
     fd = os.open(name, _FILE_CREATE, mode, dir_fd=parent_fd)
     try:
@@ -281,7 +274,6 @@ class _Helper:
         self.use_openat2 = use_openat2
         self.dirs: dict[str, int] = {}
         self.failure: tuple[int, str, str, bool] | None = None
-        self.deferred: list[FileRecord] = []  # files where a directory is: the applier's
 
     def serve(self, cmd_fd: int, reply_fd: int) -> None:
         buf = b""
@@ -309,8 +301,7 @@ class _Helper:
         for fd in self.dirs.values():
             os.close(fd)
         self.dirs.clear()  # the applier may now remove or replace directories
-        data = marshal.dumps((self.failure, self.deferred))
-        self.deferred = []
+        data = marshal.dumps(self.failure)
         data = len(data).to_bytes(4, "little") + data
         while data:
             data = data[os.write(reply_fd, data) :]
@@ -331,14 +322,10 @@ class _Helper:
                 try:
                     create_file(parent_fd, record, layer_fd)
                 except FileExistsError:
-                    # Something older than this apply (this layer's own paths never come
-                    # here twice): a file or a link goes, as the applier would do it; a
-                    # directory is the applier's to remove, after the next barrier.
-                    try:
-                        os.unlink(name, dir_fd=parent_fd)
-                    except (IsADirectoryError, PermissionError):
-                        self.deferred.append(record)
-                        continue
+                    # A file or a link from before this apply (the applier keeps the
+                    # names this layer made, and directories, to itself): it goes,
+                    # as the applier would remove it.
+                    os.unlink(name, dir_fd=parent_fd)
                     create_file(parent_fd, record, layer_fd)
             except OSError as exc:
                 self._fail(exc, f"{parent}/{name}" if parent else name, False)
