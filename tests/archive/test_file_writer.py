@@ -442,3 +442,25 @@ def test_ordering_hazards(tmp_path: Path, started: list[int], hazard: str, via_f
     else:
         assert got == expected
         assert _snapshot(helped) == _snapshot(alone)
+
+
+def test_a_helper_that_dies_is_a_typed_error(
+    tmp_path: Path, started: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lamina.archive import _file_writer
+    from lamina.errors import ArchiveError
+
+    real_add = _file_writer.FileWriter.add
+    killed: set[int] = set()
+
+    def add_then_die(self: _file_writer.FileWriter, record: _file_writer.FileRecord) -> None:
+        real_add(self, record)
+        if self.pid not in killed:
+            killed.add(self.pid)
+            os.kill(self.pid, signal.SIGKILL)  # as the OOM killer would
+
+    monkeypatch.setattr(_file_writer.FileWriter, "add", add_then_die)
+    raw, _ = _many_files(1, 1200)  # past a full message: the applier meets a broken pipe
+    result = _apply_file(raw, tmp_path)
+    assert isinstance(result, ArchiveError), result
+    assert started

@@ -78,8 +78,12 @@ def can_fork_writer() -> bool:
         return False
 
 
-class WriterError(Exception):
-    """The helper's first failure: errno, message and the entry's path."""
+class WriterError(OSError):
+    """The helper's first failure: errno, message and the entry's path.
+
+    An ``OSError``, so that wherever it surfaces (a barrier, a message to a
+    helper that died) the applier reports it as it reports its own calls.
+    """
 
     def __init__(self, err: int, message: str, path: str, unsafe: bool) -> None:
         super().__init__(err, message, path)
