@@ -64,8 +64,8 @@ def _snapshot(root: Path) -> Snapshot:
 
 
 @pytest.fixture
-def started(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """Helpers from the first regular file; yields the helper pids of each start."""
+def helper_pids(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pids of the helpers each apply starts (the default threshold kept)."""
     pids: list[int] = []
     real_start = _apply._Applier._start_writer
 
@@ -73,9 +73,15 @@ def started(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
         real_start(applier)
         pids.extend(w.pid for w in applier.writers)
 
-    monkeypatch.setattr(_apply, "helper_after", 0)
     monkeypatch.setattr(_apply._Applier, "_start_writer", start)
-    yield pids
+    return pids
+
+
+@pytest.fixture
+def started(helper_pids: list[int], monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Helpers from the first regular file; yields the helper pids of each start."""
+    monkeypatch.setattr(_apply, "helper_after", 0)
+    yield helper_pids
 
 
 def _apply_file(raw: bytes, dest: Path) -> int | LaminaError:
@@ -216,17 +222,8 @@ def _many_files(n_dirs: int, per_dir: int) -> tuple[bytes, dict[str, bytes]]:
     return buf.getvalue(), files
 
 
-def test_a_big_layer_starts_helpers_by_itself(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    pids: list[int] = []
-    real_start = _apply._Applier._start_writer
-
-    def start(applier: _apply._Applier) -> None:
-        real_start(applier)
-        pids.extend(w.pid for w in applier.writers)
-
-    monkeypatch.setattr(_apply._Applier, "_start_writer", start)
+def test_a_big_layer_starts_helpers_by_itself(tmp_path: Path, helper_pids: list[int]) -> None:
+    pids = helper_pids
     raw, files = _many_files(12, 100)
     dest = tmp_path / "dest"
     dest.mkdir()
@@ -241,16 +238,9 @@ def test_a_big_layer_starts_helpers_by_itself(
 
 
 def test_a_big_gzip_layer_file_starts_helpers_before_decoding(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, helper_pids: list[int]
 ) -> None:
-    pids: list[int] = []
-    real_start = _apply._Applier._start_writer
-
-    def start(applier: _apply._Applier) -> None:
-        real_start(applier)
-        pids.extend(w.pid for w in applier.writers)
-
-    monkeypatch.setattr(_apply._Applier, "_start_writer", start)
+    pids = helper_pids
     files = {f"d{d}/f{i:03}": os.urandom(3000 + i) for d in range(5) for i in range(300)}
     files["big"] = os.urandom(_apply._SHIPPED_BODY_MAX + 1)  # written by the applier itself
     buf = io.BytesIO()
