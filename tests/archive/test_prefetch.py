@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,9 @@ def test_a_vanishing_tree_is_not_an_error(
                 (upper / f"d{i}").rmdir()
         return found
 
+    raised: list[BaseException | None] = []  # an exception in a thread never reaches us
+    monkeypatch.setattr(threading, "excepthook", lambda args: raised.append(args.exc_value))
     monkeypatch.setattr(_prefetch._Warmer, "_list", list_then_remove)
     _prefetch.warm_for_changes(str(upper), [str(tmp_path / "missing-lower")], threads=3)
+    assert raised == []
     assert len(lookups) == 8  # the names found before they went

@@ -314,7 +314,6 @@ class _Applier:
 
     def start_helpers(self) -> None:
         """Start the helpers now rather than after ``helper_after`` files."""
-        self.helper_countdown = 0
         self._start_writer()
 
     def _start_writer(self) -> None:
