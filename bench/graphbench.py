@@ -4,7 +4,7 @@
 usage: graphbench.py DRIVER [-o key=value ...] [--only NAME ...] [--scale F]
                      [--iterations N] [--dir PATH] [--gib N] [--json OUT]
 
-Runs every benchmark of :data:`lamina.drivers.conformance.STANDARD_BENCHMARKS`
+Runs every benchmark of :data:`lamina.drivers.testsuite.STANDARD_BENCHMARKS`
 (the nine Docker's overlay2 test file runs: Exists, GetEmpty, DiffBase,
 DiffSmallUpper, Diff10KFileUpper, Diff10KFilesBottom, DiffApply100,
 Diff20Layers, Read20Layers), each with a fresh driver in a fresh root, and
@@ -15,7 +15,7 @@ Timings never come from the root filesystem: as root the roots live on a
 fresh journaled ext4 on a loop device (``bench/_harness.Scratch``), made for
 this run and deleted afterwards.  ``--dir`` runs in an existing directory
 instead (unprivileged runs); its rows are marked as such.  Each timing is
-of the region Docker's benchmark times (see the conformance module); setup,
+of the region Docker's benchmark times (see lamina.drivers.testsuite); setup,
 checks and teardown are not timed.
 """
 
@@ -36,7 +36,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from lamina.drivers.conformance import (  # noqa: E402
+from lamina.drivers.testsuite import (  # noqa: E402
     STANDARD_BENCHMARKS,
     BenchResult,
     driver_source,

@@ -8,7 +8,7 @@ Not root, or no overlayfs: every test skips with the driver's reason.
 
 from __future__ import annotations
 
-from lamina.drivers.conformance import make_conformance_tests
+from lamina.drivers.testsuite import make_conformance_tests
 
 globals().update(
     make_conformance_tests(

@@ -679,7 +679,7 @@ def test_kill_during_create_and_remove_leaves_a_clean_store(tmp_path: Path, dela
 
 def test_set_quota_with_xfs_project_quota(xfs_pquota: Path) -> None:
     """On XFS mounted with pquota the size limit is a project quota, not an image."""
-    from lamina.drivers.conformance import run_set_quota
+    from lamina.drivers.testsuite import run_set_quota
 
     mnt = xfs_pquota
     driver = new_driver("overlay", mnt / "root", {"quota": "project"})

@@ -25,8 +25,8 @@ import pytest
 from lamina import archive
 from lamina._fs import copy_tree
 from lamina.drivers import _naive, new_driver
-from lamina.drivers.conformance import run_changes, run_diff_apply
 from lamina.drivers.overlay import OverlayDriver
+from lamina.drivers.testsuite import run_changes, run_diff_apply
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: overlay mounts")
 

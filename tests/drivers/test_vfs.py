@@ -20,7 +20,7 @@ import pytest
 
 from lamina._fs import copy_tree
 from lamina.drivers import new_driver
-from lamina.drivers.conformance import make_conformance_tests
+from lamina.drivers.testsuite import make_conformance_tests
 from lamina.drivers.vfs import VfsDriver
 from lamina.errors import (
     AlreadyExistsError,

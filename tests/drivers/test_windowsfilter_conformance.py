@@ -8,7 +8,7 @@ built on those two assumptions are skipped with the reason; their subject
 test_windowsfilter.py and test_windowsfilter_sandbox.py.
 """
 
-from lamina.drivers.conformance import make_conformance_tests
+from lamina.drivers.testsuite import make_conformance_tests
 
 _IMAGE_VIEWS = (
     "writes files into get() of image layers made with create(); windowsfilter image layers "

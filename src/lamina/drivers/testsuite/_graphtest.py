@@ -3,7 +3,7 @@
 Every test and benchmark of Docker's ``daemon/graphdriver/graphtest`` is
 here, with its helpers, so that a driver's test file is two lines::
 
-    from lamina.drivers.conformance import make_conformance_tests
+    from lamina.drivers.testsuite import make_conformance_tests
 
     globals().update(make_conformance_tests("vfs", deep_layers=(128,)))
 
@@ -89,6 +89,7 @@ __all__ = [
     "driver_session",
     "driver_source",
     "make_conformance_tests",
+    "mounts_under",
     "random_content",
     "random_id",
     "read_dir",
@@ -112,7 +113,7 @@ DriverSource = Callable[[], contextlib.AbstractContextManager[Driver]]
 _FILE_MODE = 0o755
 
 
-def _skip(reason: str) -> BaseException:
+def skip(reason: str) -> BaseException:
     """pytest's own skip when pytest runs us (its report names our line), else unittest's."""
     try:
         import pytest
@@ -121,9 +122,9 @@ def _skip(reason: str) -> BaseException:
     return pytest.skip.Exception(reason)
 
 
-def _require_root(what: str) -> None:
+def require_root(what: str) -> None:
     if os.geteuid() != 0:
-        raise _skip(f"needs root ({what})")
+        raise skip(f"needs root ({what})")
 
 
 # -- helpers (Docker's testutil.go / testutil_unix.go) --------------------------
@@ -351,20 +352,14 @@ def verify_base(driver: Driver, name: str) -> None:
 # -- driver sessions (Docker's GetDriver / PutDriver) ----------------------------
 
 
-def _mounts_under(root: Path) -> list[str]:
-    prefix = os.path.realpath(root).rstrip("/") + "/"
-    found = []
+def mounts_under(root: Path) -> list[str]:
+    """Mount points at or below ``root`` (the mount table decoded once, in ``_fs``)."""
+    from lamina._fs import mounts_below
+
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 4:
-                    point = fields[4].encode().decode("unicode_escape")
-                    if point.startswith(prefix):
-                        found.append(point)
+        return [m.mountpoint for m in mounts_below(root)]
     except OSError:
         return []
-    return found
 
 
 @contextlib.contextmanager
@@ -383,12 +378,12 @@ def driver_session(
         driver = maker(root) if maker else new_driver(name, root, options or {})
     except NotSupportedError as exc:
         remove_tree(root)
-        raise _skip(f"driver {name} not supported: {exc}") from exc
+        raise skip(f"driver {name} not supported: {exc}") from exc
     try:
         yield driver
     finally:
         driver.cleanup()
-        leaked = _mounts_under(root)
+        leaked = mounts_under(root)
         if leaked:
             raise AssertionError(f"cleanup of {name} left mounts behind: {leaked}")
         remove_tree(root)
@@ -429,7 +424,7 @@ def run_create_empty(driver: Driver) -> None:
 
 def run_create_base(driver: Driver) -> None:
     """Special modes and owners written into a layer read back unchanged."""
-    _require_root("lchown 1:2")
+    require_root("lchown 1:2")
     create_base(driver, "Base")
     verify_base(driver, "Base")
     driver.remove("Base")
@@ -437,7 +432,7 @@ def run_create_base(driver: Driver) -> None:
 
 def run_create_snap(driver: Driver) -> None:
     """A child shows its parent's entries with identical modes and owners."""
-    _require_root("lchown 1:2")
+    require_root("lchown 1:2")
     create_base(driver, "Base")
     driver.create("Snap", "Base")
     verify_base(driver, "Snap")
@@ -523,7 +518,7 @@ def _write_random_file(path: Path, size: int) -> None:
 
 def run_set_quota(driver: Driver, name: str, required: bool) -> None:
     """A 50M ``size`` lets 25 MiB in and stops 50 MiB with EDQUOT or ENOSPC."""
-    _require_root("lchown 1:2")
+    require_root("lchown 1:2")
     create_base(driver, "Base")
     layer = f"{name}Test"
     try:
@@ -531,7 +526,7 @@ def run_set_quota(driver: Driver, name: str, required: bool) -> None:
     except QuotaNotSupportedError as exc:
         if required:
             raise AssertionError(f"quota required but not supported: {exc}") from exc
-        raise _skip(f"driver {name}: quota not supported: {exc}") from exc
+        raise skip(f"driver {name}: quota not supported: {exc}") from exc
     with driver.mounted(layer) as root:
         _write_random_file(root / "smallfile", 25 * _MIB)
         try:
@@ -795,7 +790,7 @@ def make_conformance_tests(
 
         def test(tmp_path: Path) -> None:
             if reason is not None:
-                raise _skip(f"not for driver {name}: {reason}")
+                raise skip(f"not for driver {name}: {reason}")
             body(tmp_path)
 
         test.__name__ = test.__qualname__ = test_name

@@ -1,0 +1,5 @@
+"""The contract suite (lamina.drivers.testsuite) against windowsfilter."""
+
+from lamina.drivers.testsuite import make_contract_tests
+
+globals().update(make_contract_tests("windowsfilter"))
