@@ -1,0 +1,146 @@
+"""Strict JSON in, canonical JSON out: the one reader and writer for every document.
+
+Reading (:func:`load_object`)
+    Image documents arrive from archives and registries, so they are
+    untrusted.  The reader refuses what Go's ``encoding/json`` and Python's
+    :mod:`json` would read differently or what no image tool writes:
+    duplicate keys (two parsers may keep different values: a parser
+    differential), ``NaN``/``Infinity`` (not JSON), invalid UTF-8, and a
+    top level that is not an object (or array, for ``manifest.json``).
+    Errors are :class:`lamina.errors.InvalidArchiveError` naming the document.
+
+Writing (:func:`canonical_json`)
+    Documents lamina creates are written in the OCI spec's recommended
+    canonical form: keys sorted, no insignificant whitespace, UTF-8 (not
+    ``\\u`` escapes).  Their digest then depends on their content only.  A
+    document that was *received* is never re-serialised: its digest is the
+    digest of the bytes as they came, and the store keeps those bytes.
+
+Field readers (:func:`get_str` and friends) check one field's type and say
+which document and field were wrong, since "KeyError: 'digest'" helps nobody.
+"""
+
+from __future__ import annotations
+
+import json
+
+from lamina.errors import InvalidArchiveError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = [
+    "canonical_json",
+    "get_int",
+    "get_list",
+    "get_object",
+    "get_str",
+    "get_str_map",
+    "load_json",
+    "load_object",
+]
+
+_MISSING = object()
+
+
+def _pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result: dict[str, object] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def load_json(data: bytes | bytearray | memoryview, what: str) -> object:
+    """Parse ``data`` as strict JSON; :class:`InvalidArchiveError` naming ``what``."""
+    try:
+        text = bytes(data).decode("utf-8")
+        return json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InvalidArchiveError(f"{what} is not valid JSON: {exc}") from None
+
+
+def load_object(data: bytes | bytearray | memoryview, what: str) -> dict[str, object]:
+    """Parse ``data`` as a JSON object."""
+    value = load_json(data, what)
+    if not isinstance(value, dict):
+        raise InvalidArchiveError(f"{what} is not a JSON object")
+    return value
+
+
+def canonical_json(value: object) -> bytes:
+    """``value`` as canonical JSON bytes: sorted keys, compact, UTF-8."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def _field(data: Mapping[str, object], key: str, what: str, required: bool) -> object:
+    value = data.get(key, _MISSING)
+    if value is _MISSING and required:
+        raise InvalidArchiveError(f"{what}: missing field {key!r}")
+    return value
+
+
+def get_str(
+    data: Mapping[str, object], key: str, what: str, *, required: bool = False
+) -> str | None:
+    """A string field, ``None`` when absent and optional."""
+    value = _field(data, key, what, required)
+    if value is _MISSING:
+        return None
+    if not isinstance(value, str):
+        raise InvalidArchiveError(f"{what}: field {key!r} must be a string")
+    return value
+
+
+def get_int(
+    data: Mapping[str, object], key: str, what: str, *, required: bool = False
+) -> int | None:
+    """An integer field (``true`` is not an integer here)."""
+    value = _field(data, key, what, required)
+    if value is _MISSING:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArchiveError(f"{what}: field {key!r} must be an integer")
+    return value
+
+
+def get_list(
+    data: Mapping[str, object], key: str, what: str, *, required: bool = False
+) -> list[object] | None:
+    """An array field; ``null`` reads as absent (Go writes nil slices as ``null``)."""
+    value = _field(data, key, what, required)
+    if value is _MISSING or (value is None and not required):
+        return None
+    if not isinstance(value, list):
+        raise InvalidArchiveError(f"{what}: field {key!r} must be an array")
+    return value
+
+
+def get_object(
+    data: Mapping[str, object], key: str, what: str, *, required: bool = False
+) -> dict[str, object] | None:
+    """An object field; ``null`` reads as absent."""
+    value = _field(data, key, what, required)
+    if value is _MISSING or (value is None and not required):
+        return None
+    if not isinstance(value, dict):
+        raise InvalidArchiveError(f"{what}: field {key!r} must be an object")
+    return value
+
+
+def get_str_map(data: Mapping[str, object], key: str, what: str) -> dict[str, str]:
+    """An optional object of string values (annotations, labels); empty when absent."""
+    value = get_object(data, key, what)
+    if value is None:
+        return {}
+    if not all(isinstance(item, str) for item in value.values()):
+        raise InvalidArchiveError(f"{what}: every value of {key!r} must be a string")
+    return {k: str(v) for k, v in value.items()}
