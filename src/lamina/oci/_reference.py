@@ -25,7 +25,11 @@ rule so that a name lamina stores is the name Docker, Podman and skopeo show:
 
 :attr:`Reference.familiar` is the short form Docker prints
 (``FamiliarString``): ``docker.io/library/debian:12`` shows as ``debian:12``
-and ``docker.io/user/app:latest`` as ``user/app:latest``.
+and ``docker.io/user/app:latest`` as ``user/app:latest``.  One deliberate
+difference: a Docker Hub path whose first component looks like a host
+(``docker.io/v1.0/app``) keeps its ``docker.io/``, because Docker's short form
+(``v1.0/app``) would read back as the host ``v1.0``.  So both ``str(ref)`` and
+``ref.familiar`` always parse back to ``ref``.
 
 Every parse error is :class:`lamina.errors.InvalidArgumentError`: a reference
 is something a caller typed or passed.  Archive readers that find a bad name
@@ -118,6 +122,9 @@ class Reference(Frozen):
         path = self.path
         if path.startswith(_OFFICIAL_PREFIX) and "/" not in path[len(_OFFICIAL_PREFIX) :]:
             return path[len(_OFFICIAL_PREFIX) :]
+        if _looks_like_host(path.partition("/")[0]):
+            # Docker would print "0.0/app", which reads back as host "0.0": keep the host
+            return self.name
         return path
 
     @property
