@@ -36,6 +36,7 @@ Verifying while streaming
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 
 from lamina.errors import IntegrityError, InvalidArgumentError
@@ -44,6 +45,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import BinaryIO
+
+    from _typeshed import ReadableBuffer, WriteableBuffer
 
 __all__ = [
     "ALGORITHMS",
@@ -175,10 +178,17 @@ def chain_id(diff_ids: Iterable[str]) -> Digest:
     return ids[-1]
 
 
-class _Verifier:
+class _Verifier(io.RawIOBase):
     """What the reader and the writer share: the running hash, count and final check."""
 
-    def __init__(self, expected_digest: str | None, expected_size: int | None, algorithm: str):
+    def __init__(
+        self,
+        raw: BinaryIO,
+        expected_digest: str | None,
+        expected_size: int | None,
+        algorithm: str,
+    ) -> None:
+        super().__init__()
         if expected_digest is not None:
             expected = Digest(expected_digest)
             algorithm = expected.algorithm
@@ -190,6 +200,7 @@ class _Verifier:
         self.expected_size = expected_size
         self._hasher = _hasher(algorithm)
         self._algorithm = algorithm
+        self._raw = raw
         self.size = 0
         self._verified = False
 
@@ -208,11 +219,7 @@ class _Verifier:
         self._hasher.update(data)
         self.size = size
 
-    def verify(self) -> Digest:
-        """Check size and digest of everything seen; return the digest.
-
-        Raises :class:`IntegrityError` on a short stream or a digest mismatch.
-        """
+    def _check(self) -> Digest:
         if self.expected_size is not None and self.size != self.expected_size:
             raise IntegrityError(
                 f"content is {self.size} bytes, declared {self.expected_size}"
@@ -224,6 +231,14 @@ class _Verifier:
         self._verified = True
         return actual
 
+    def close(self) -> None:
+        """Close this stream and the one it wraps (like :class:`io.BufferedReader`)."""
+        if not self.closed:
+            try:
+                super().close()  # flushes first
+            finally:
+                self._raw.close()
+
 
 class HashingReader(_Verifier):
     """A read-only stream over ``raw`` that hashes and counts what it yields.
@@ -232,8 +247,12 @@ class HashingReader(_Verifier):
     expected size and digest, if given, and raises :class:`IntegrityError` on
     a mismatch, so a consumer that simply reads to the end cannot miss it.
     With ``expected_size`` it never yields more than that many bytes without
-    raising.  :meth:`verify` checks explicitly (it first drains nothing: call
-    it after reading everything).
+    raising.  A consumer that stops early (a tar reader stops at the
+    end-of-archive blocks; padding may follow) calls :meth:`verify`, which
+    reads and hashes the rest first.
+
+    An :class:`io.RawIOBase`: ``read``, ``readall``, ``readinto``, iteration
+    and :class:`io.BufferedReader` all work.  Closing it closes ``raw``.
     """
 
     def __init__(
@@ -244,34 +263,19 @@ class HashingReader(_Verifier):
         *,
         algorithm: str = "sha256",
     ) -> None:
-        super().__init__(expected_digest, expected_size, algorithm)
-        self._raw = raw
+        super().__init__(raw, expected_digest, expected_size, algorithm)
+        self._readinto = getattr(raw, "readinto", None)
 
     def readable(self) -> bool:
         return True
 
-    def read(self, size: int = -1) -> bytes:
-        """Up to ``size`` bytes (all that remain for ``-1``); ``b""`` at the verified end."""
-        if size is None or size < 0:
-            parts = []
-            while chunk := self.read(_CHUNK):
-                parts.append(chunk)
-            return b"".join(parts)
-        if size == 0:
-            return b""
-        data = self._raw.read(size)
-        if data:
-            self._count(data)
-        elif not self._verified:
-            self.verify()
-        return data
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:
-        """Fill ``buffer`` like :meth:`io.RawIOBase.readinto`; 0 at the verified end."""
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        """Fill ``buffer`` from ``raw``; 0 at the (verified) end."""
         view = memoryview(buffer).cast("B")
-        readinto = getattr(self._raw, "readinto", None)
-        if readinto is not None:
-            count: int = readinto(view) or 0
+        if not len(view):
+            return 0
+        if self._readinto is not None:
+            count: int = self._readinto(view) or 0
             data: bytes | memoryview = view[:count]
         else:
             data = self._raw.read(len(view))
@@ -280,27 +284,29 @@ class HashingReader(_Verifier):
         if count:
             self._count(data)
         elif not self._verified:
-            self.verify()
+            self._check()
         return count
 
-    def close(self) -> None:
-        """Close the underlying stream."""
-        self._raw.close()
+    def verify(self) -> Digest:
+        """Read (and hash) whatever remains, then check size and digest; return the digest.
 
-    def __enter__(self) -> HashingReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        Raises :class:`IntegrityError` on a short or long stream or a digest
+        mismatch.
+        """
+        if not self._verified:
+            buffer = memoryview(bytearray(_CHUNK))
+            while self.readinto(buffer):
+                pass
+        return self.digest
 
 
 class HashingWriter(_Verifier):
     """A write-only stream into ``raw`` that hashes and counts what it is given.
 
     :meth:`verify` (call it once everything is written) checks the expected
-    size and digest; a write past ``expected_size`` raises at once.  The
-    writer does not close ``raw``: the caller owns it (a store writes into a
-    temporary file, verifies, then publishes it).
+    size and digest; a write past ``expected_size`` raises at once and
+    writes nothing.  Closing it closes ``raw``; verify before closing when
+    the caller publishes the file afterwards (temp file, verify, rename).
     """
 
     def __init__(
@@ -311,17 +317,22 @@ class HashingWriter(_Verifier):
         *,
         algorithm: str = "sha256",
     ) -> None:
-        super().__init__(expected_digest, expected_size, algorithm)
-        self._raw = raw
+        super().__init__(raw, expected_digest, expected_size, algorithm)
 
     def writable(self) -> bool:
         return True
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        """Hash, count and pass on ``data``; return its length."""
-        self._count(data)
-        self._raw.write(data)
-        return len(data)
+    def write(self, data: ReadableBuffer) -> int:
+        """Hash, count and pass on all of ``data``; return its length."""
+        view = memoryview(data).cast("B")
+        self._count(view)
+        self._raw.write(view)
+        return len(view)
 
     def flush(self) -> None:
-        self._raw.flush()
+        if not self.closed:
+            self._raw.flush()
+
+    def verify(self) -> Digest:
+        """Check size and digest of everything written; return the digest."""
+        return self._check()

@@ -23,6 +23,7 @@ from lamina.oci import (
     DOCKER_CONFIG,
     DOCKER_LAYER,
     DOCKER_MANIFEST,
+    MAX_INDEX_FILE_SIZE,
     OCI_CONFIG,
     OCI_LAYER,
     OCI_MANIFEST,
@@ -417,6 +418,18 @@ def test_manifest_json_naming_paths_outside_is_unsafe(tmp_path: Path, entry: obj
 def test_bad_manifest_json_is_an_invalid_archive(document: bytes) -> None:
     with pytest.raises(errors.InvalidArchiveError):
         parse_docker_manifest(document)
+
+
+def test_oversized_archive_index_files_are_refused() -> None:
+    padding = b" " * MAX_INDEX_FILE_SIZE
+    with pytest.raises(errors.ArchiveTooLargeError):
+        parse_docker_manifest(b"[]" + padding)
+    with pytest.raises(errors.ArchiveTooLargeError):
+        parse_oci_index(b'{"schemaVersion": 2, "manifests": []}' + padding)
+    with pytest.raises(errors.ArchiveTooLargeError):
+        parse_repositories(b"{}" + padding)
+    # an index.json may be bigger than a single manifest may
+    assert parse_oci_index(b'{"schemaVersion": 2, "manifests": []}' + b" " * (5 << 20))
 
 
 def test_repo_tags_hold_tags_only() -> None:

@@ -20,6 +20,7 @@ from lamina.oci import (
     DOCKER_LAYER,
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
+    MAX_DOCUMENT_SIZE,
     OCI_CONFIG,
     OCI_INDEX,
     OCI_LAYER,
@@ -413,3 +414,16 @@ def test_canonical_json_is_sorted_compact_utf8() -> None:
     )
     with pytest.raises(ValueError):
         canonical_json({"x": float("nan")})
+
+
+def test_oversized_documents_are_refused_before_parsing() -> None:
+    padding = b" " * MAX_DOCUMENT_SIZE
+    with pytest.raises(errors.ArchiveTooLargeError):
+        Manifest.parse(DOCKER_MANIFEST_BYTES + padding)
+    with pytest.raises(errors.ArchiveTooLargeError):
+        ImageConfig.parse(DOCKER_CONFIG_BYTES + padding)
+    with pytest.raises(errors.ArchiveTooLargeError):
+        parse_manifest_or_index(DOCKER_LIST_BYTES + padding)
+    # whitespace is valid JSON: under a raised limit the same bytes parse
+    big = Manifest.parse(DOCKER_MANIFEST_BYTES + padding, limit=2 * MAX_DOCUMENT_SIZE)
+    assert big == Manifest.parse(DOCKER_MANIFEST_BYTES)

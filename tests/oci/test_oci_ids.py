@@ -184,6 +184,39 @@ def test_reader_with_a_sha512_digest_hashes_with_sha512() -> None:
     assert reader.digest == expected
 
 
+def test_verify_reads_what_a_tar_reader_left_behind() -> None:
+    """tarfile stops at the end-of-archive blocks; the blob's digest covers the padding too."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tf:
+        info = tarfile.TarInfo("file")
+        info.size = 5
+        tf.addfile(info, io.BytesIO(b"hello"))
+    blob = buffer.getvalue() + bytes(20480)  # more zero records after the end, as some writers pad
+    reader = HashingReader(io.BytesIO(blob), sha256(blob), len(blob))
+    with tarfile.open(fileobj=reader, mode="r|") as tf:
+        names = [member.name for member in tf]
+    assert names == ["file"]
+    assert reader.size < len(blob)  # the reader has not seen everything yet
+    assert reader.verify() == sha256(blob)
+    assert reader.size == len(blob)
+    tampered = HashingReader(io.BytesIO(blob[:-1] + b"x"), sha256(blob), len(blob))
+    with tarfile.open(fileobj=tampered, mode="r|") as tf:
+        list(tf)
+    with pytest.raises(errors.IntegrityError):
+        tampered.verify()  # the damage is in the padding nobody parsed
+
+
+def test_reader_is_a_raw_stream() -> None:
+    data = b"line one\nline two\n" * 1000
+    reader = HashingReader(io.BytesIO(data), sha256(data))
+    buffered = io.BufferedReader(reader)
+    assert buffered.readline() == b"line one\n"
+    assert buffered.read() == data[9:]
+    assert reader.digest == sha256(data)
+    buffered.close()
+    assert reader.closed
+
+
 # -- HashingWriter ------------------------------------------------------------
 
 
@@ -207,6 +240,15 @@ def test_writer_reports_a_mismatch_and_a_short_write() -> None:
     short.write(b"12345")
     with pytest.raises(errors.IntegrityError):
         short.verify()
+
+
+def test_writer_close_flushes_and_closes_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "blob"
+    raw = path.open("wb")
+    with HashingWriter(raw, sha256(b"abc")) as writer:  # type: ignore[arg-type]
+        writer.write(b"abc")
+        writer.verify()
+    assert raw.closed and path.read_bytes() == b"abc"
 
 
 def test_writer_refuses_a_write_past_the_declared_size() -> None:

@@ -58,6 +58,8 @@ if TYPE_CHECKING:
         parse_manifest_or_index,
     )
     from lamina.oci._json import (
+        MAX_DOCUMENT_SIZE,
+        MAX_INDEX_FILE_SIZE,
         canonical_json,
     )
     from lamina.oci._layout import (
@@ -144,6 +146,8 @@ __all__ = [
     "LAYOUT_VERSION",
     "MANIFEST_FILE",
     "MANIFEST_TYPES",
+    "MAX_DOCUMENT_SIZE",
+    "MAX_INDEX_FILE_SIZE",
     "OCI_CONFIG",
     "OCI_EMPTY",
     "OCI_INDEX",
@@ -225,6 +229,8 @@ _LAZY = {
     "Index": "lamina.oci._documents",
     "Manifest": "lamina.oci._documents",
     "parse_manifest_or_index": "lamina.oci._documents",
+    "MAX_DOCUMENT_SIZE": "lamina.oci._json",
+    "MAX_INDEX_FILE_SIZE": "lamina.oci._json",
     "canonical_json": "lamina.oci._json",
     "ANNOTATION_IMAGE_NAME": "lamina.oci._layout",
     "ANNOTATION_REF_NAME": "lamina.oci._layout",

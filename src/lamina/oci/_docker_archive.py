@@ -36,7 +36,15 @@ from lamina._frozen import Frozen
 from lamina._ids import Digest
 from lamina.errors import InvalidArchiveError, InvalidArgumentError
 from lamina.oci._documents import Descriptor
-from lamina.oci._json import canonical_json, get_list, get_object, get_str, load_json, load_object
+from lamina.oci._json import (
+    MAX_INDEX_FILE_SIZE,
+    canonical_json,
+    get_list,
+    get_object,
+    get_str,
+    load_json,
+    load_object,
+)
 from lamina.oci._layout import blob_path, safe_member_path
 from lamina.oci._reference import Reference, parse_reference
 
@@ -173,7 +181,7 @@ def _entry(item: object, position: int) -> DockerArchiveImage:
 
 def parse_docker_manifest(data: bytes) -> list[DockerArchiveImage]:
     """Validate a ``manifest.json``; every member path is checked (UnsafeArchiveError)."""
-    document = load_json(data, MANIFEST_FILE)
+    document = load_json(data, MANIFEST_FILE, MAX_INDEX_FILE_SIZE)
     if not isinstance(document, list):
         raise InvalidArchiveError(f"{MANIFEST_FILE} is not a JSON array")
     return [_entry(item, position) for position, item in enumerate(document)]
@@ -186,7 +194,7 @@ def docker_archive_manifest(images: Iterable[DockerArchiveImage]) -> bytes:
 
 def parse_repositories(data: bytes) -> dict[str, dict[str, str]]:
     """Validate a legacy ``repositories`` file: ``{name: {tag: layer id}}``."""
-    document = load_object(data, REPOSITORIES_FILE)
+    document = load_object(data, REPOSITORIES_FILE, MAX_INDEX_FILE_SIZE)
     result: dict[str, dict[str, str]] = {}
     for name, tags in document.items():
         if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):

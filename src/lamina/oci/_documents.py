@@ -37,6 +37,7 @@ from lamina._ids import Digest
 from lamina.errors import InvalidArchiveError, InvalidArgumentError
 from lamina.oci import _media
 from lamina.oci._json import (
+    MAX_DOCUMENT_SIZE,
     canonical_json,
     get_int,
     get_list,
@@ -303,9 +304,15 @@ class Manifest(_Document):
         )
 
     @classmethod
-    def parse(cls, data: bytes | bytearray | memoryview, what: str = "image manifest") -> Manifest:
+    def parse(
+        cls,
+        data: bytes | bytearray | memoryview,
+        what: str = "image manifest",
+        *,
+        limit: int = MAX_DOCUMENT_SIZE,
+    ) -> Manifest:
         """Validate manifest bytes (the caller has checked their digest)."""
-        return cls.from_dict(load_object(data, what), what)
+        return cls.from_dict(load_object(data, what, limit), what)
 
 
 class Index(_Document):
@@ -375,9 +382,15 @@ class Index(_Document):
         )
 
     @classmethod
-    def parse(cls, data: bytes | bytearray | memoryview, what: str = "image index") -> Index:
+    def parse(
+        cls,
+        data: bytes | bytearray | memoryview,
+        what: str = "image index",
+        *,
+        limit: int = MAX_DOCUMENT_SIZE,
+    ) -> Index:
         """Validate index bytes (the caller has checked their digest)."""
-        return cls.from_dict(load_object(data, what), what)
+        return cls.from_dict(load_object(data, what, limit), what)
 
     def platforms(self) -> list[Platform | None]:
         """Each entry's platform (``None`` where the entry names none), in order."""
@@ -385,7 +398,11 @@ class Index(_Document):
 
 
 def parse_manifest_or_index(
-    data: bytes | bytearray | memoryview, media_type: str | None = None, what: str = "manifest"
+    data: bytes | bytearray | memoryview,
+    media_type: str | None = None,
+    what: str = "manifest",
+    *,
+    limit: int = MAX_DOCUMENT_SIZE,
 ) -> Manifest | Index:
     """An index or a manifest, told apart by ``media_type`` (a descriptor's or
     an HTTP ``Content-Type``), else by the document's own ``mediaType``, else by
@@ -394,7 +411,7 @@ def parse_manifest_or_index(
     A document whose own ``mediaType`` contradicts ``media_type`` is refused
     (distribution-spec: a client rejects that mismatch).
     """
-    document = load_object(data, what)
+    document = load_object(data, what, limit)
     own = get_str(document, "mediaType", what)
     if media_type is not None and own is not None and own != media_type.partition(";")[0].strip():
         raise InvalidArchiveError(f"{what}: mediaType {own!r} does not match {media_type!r}")
@@ -647,9 +664,15 @@ class ImageConfig(_Document):
         )
 
     @classmethod
-    def parse(cls, data: bytes | bytearray | memoryview, what: str = "image config") -> ImageConfig:
+    def parse(
+        cls,
+        data: bytes | bytearray | memoryview,
+        what: str = "image config",
+        *,
+        limit: int = MAX_DOCUMENT_SIZE,
+    ) -> ImageConfig:
         """Validate config bytes (the caller has checked their digest: the image id)."""
-        return cls.from_dict(load_object(data, what), what)
+        return cls.from_dict(load_object(data, what, limit), what)
 
 
 def _plain(value: Any) -> Any:

@@ -16,6 +16,16 @@ Writing (:func:`canonical_json`)
     document that was *received* is never re-serialised: its digest is the
     digest of the bytes as they came, and the store keeps those bytes.
 
+Size limits
+    A document is read whole into memory, so every reader has a ceiling and
+    a caller reads at most ``limit + 1`` bytes before handing them over:
+    :data:`MAX_DOCUMENT_SIZE` (4 MiB) for manifests, indexes and configs, the
+    limit containers/image applies to each and the size the distribution
+    spec asks registries to accept; :data:`MAX_INDEX_FILE_SIZE` (16 MiB) for
+    an archive's ``manifest.json``, ``index.json`` and ``repositories``,
+    which grow with the number of images and tags saved together.  Past the
+    limit is :class:`lamina.errors.ArchiveTooLargeError`.
+
 Field readers (:func:`get_str` and friends) check one field's type and say
 which document and field were wrong, since "KeyError: 'digest'" helps nobody.
 """
@@ -24,13 +34,15 @@ from __future__ import annotations
 
 import json
 
-from lamina.errors import InvalidArchiveError
+from lamina.errors import ArchiveTooLargeError, InvalidArchiveError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
 __all__ = [
+    "MAX_DOCUMENT_SIZE",
+    "MAX_INDEX_FILE_SIZE",
     "canonical_json",
     "get_int",
     "get_list",
@@ -40,6 +52,9 @@ __all__ = [
     "load_json",
     "load_object",
 ]
+
+MAX_DOCUMENT_SIZE = 4 << 20
+MAX_INDEX_FILE_SIZE = 16 << 20
 
 _MISSING = object()
 
@@ -57,8 +72,12 @@ def _constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
-def load_json(data: bytes | bytearray | memoryview, what: str) -> object:
+def load_json(
+    data: bytes | bytearray | memoryview, what: str, limit: int = MAX_DOCUMENT_SIZE
+) -> object:
     """Parse ``data`` as strict JSON; :class:`InvalidArchiveError` naming ``what``."""
+    if len(data) > limit:
+        raise ArchiveTooLargeError(f"{what} is larger than {limit} bytes")
     try:
         text = bytes(data).decode("utf-8")
         return json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
@@ -66,9 +85,11 @@ def load_json(data: bytes | bytearray | memoryview, what: str) -> object:
         raise InvalidArchiveError(f"{what} is not valid JSON: {exc}") from None
 
 
-def load_object(data: bytes | bytearray | memoryview, what: str) -> dict[str, object]:
+def load_object(
+    data: bytes | bytearray | memoryview, what: str, limit: int = MAX_DOCUMENT_SIZE
+) -> dict[str, object]:
     """Parse ``data`` as a JSON object."""
-    value = load_json(data, what)
+    value = load_json(data, what, limit)
     if not isinstance(value, dict):
         raise InvalidArchiveError(f"{what} is not a JSON object")
     return value

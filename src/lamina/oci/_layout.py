@@ -41,7 +41,7 @@ from lamina._ids import ALGORITHMS, Digest
 from lamina.errors import InvalidArchiveError, InvalidArgumentError, UnsafeArchiveError
 from lamina.oci import _media
 from lamina.oci._documents import Descriptor, Index
-from lamina.oci._json import canonical_json, get_str, load_object
+from lamina.oci._json import MAX_INDEX_FILE_SIZE, canonical_json, get_str, load_object
 from lamina.oci._reference import Reference, parse_reference
 
 TYPE_CHECKING = False
@@ -128,7 +128,7 @@ def oci_layout_file() -> bytes:
 
 def parse_oci_index(data: bytes) -> Index:
     """Validate a layout's ``index.json`` (an image index)."""
-    return Index.parse(data, INDEX_FILE)
+    return Index.parse(data, INDEX_FILE, limit=MAX_INDEX_FILE_SIZE)
 
 
 def image_name(annotations: Mapping[str, str]) -> Reference | None:
