@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import pickle
 import tarfile
 from pathlib import Path
 
@@ -45,6 +47,8 @@ def test_digest_is_a_validated_string() -> None:
     long = Digest("sha512:" + "ab" * 64)
     assert long.algorithm == "sha512" and len(long.encoded) == 128
     assert Digest.from_hex(HEX) == d
+    assert type(pickle.loads(pickle.dumps(d))) is Digest
+    assert json.dumps({"d": d}) == json.dumps({"d": "sha256:" + HEX})
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,15 @@ image *is*, with no opinion on where it lives:
 
 Input errors: bad documents from an archive or a registry are
 :class:`lamina.errors.InvalidArchiveError` (unsafe paths
-:class:`lamina.errors.UnsafeArchiveError`); bad arguments in code, such as
+:class:`lamina.errors.UnsafeArchiveError`, documents over their size limit
+:class:`lamina.errors.ArchiveTooLargeError`); bad arguments in code, such as
 a reference or platform string, are :class:`lamina.errors.InvalidArgumentError`.
+
+Values are immutable :class:`lamina._frozen.Frozen` classes (equality, hash,
+pickling), except :class:`Digest`, a validated ``str`` so that it goes into
+JSON, SQLite and paths unchanged.  The digest code lives one floor down, in
+:mod:`lamina._ids`, so that ``_fs`` and ``archive`` can verify content without
+importing image documents; it is re-exported here.
 
 Names load on first use (PEP 562), like every lamina package face.
 """

@@ -150,7 +150,8 @@ def layout_images(index: Index) -> list[tuple[Descriptor, list[Reference]]]:
     name is how Docker and containerd write a multi-tag save); the order is
     the index's, by first appearance; names are deduplicated.  Entries that
     are indexes (multi-platform images) are returned like manifests: the
-    caller chooses a platform.
+    caller chooses a platform.  Entries of other media types (artifacts,
+    signatures) are skipped, as the layout spec lets a reader do.
     """
     grouped: dict[Digest, tuple[Descriptor, list[Reference]]] = {}
     for entry in index.manifests:

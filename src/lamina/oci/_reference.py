@@ -72,8 +72,11 @@ class Reference(Frozen):
 
     ``str(ref)`` is the full normalised form and parses back to an equal
     reference; :attr:`familiar` is the short form for display.  Build one
-    with :func:`parse_reference` or the constructor (which validates each
-    part but adds no defaults).
+    with :func:`parse_reference` or the constructor, which validates each
+    part and normalises Docker Hub's spellings (``index.docker.io``, the
+    ``library/`` prefix) but adds no tag.  A host that would not read back
+    as a host (``myhost``, which Docker reads as a Docker Hub namespace) is
+    refused.
     """
 
     __slots__ = ("digest", "domain", "path", "tag")
@@ -87,6 +90,8 @@ class Reference(Frozen):
     def __init__(
         self, domain: str, path: str, tag: str | None = None, digest: str | None = None
     ) -> None:
+        if not isinstance(domain, str) or not isinstance(path, str):
+            raise InvalidArgumentError("a reference's host and path are strings")
         if _DOMAIN.fullmatch(domain) is None or not _looks_like_host(domain):
             raise InvalidArgumentError(
                 f"invalid registry host {domain!r}: a host has a '.' or a ':', has upper case"
@@ -102,7 +107,7 @@ class Reference(Frozen):
             )
         if len(domain) + 1 + len(path) > _NAME_MAX:
             raise InvalidArgumentError(f"repository name longer than {_NAME_MAX} characters")
-        if tag is not None and _TAG.fullmatch(tag) is None:
+        if tag is not None and (not isinstance(tag, str) or _TAG.fullmatch(tag) is None):
             raise InvalidArgumentError(f"invalid tag {tag!r}")
         object.__setattr__(self, "domain", domain)
         object.__setattr__(self, "path", path)
