@@ -65,13 +65,15 @@ def test_every_public_name_resolves() -> None:
 
 def test_every_module_s_public_names_are_on_the_face() -> None:
     for path in [*_SRC.glob("_*.py"), _SRC.parent / "_ids.py"]:
-        if path.name in ("__init__.py", "_json.py"):
+        if path.name == "__init__.py":
             continue
         tree = ast.parse(path.read_text())
         for node in tree.body:
             if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "__all__":
                 assert isinstance(node.value, ast.List)
                 names = {elt.value for elt in node.value.elts if isinstance(elt, ast.Constant)}
+                if path.name == "_json.py":  # the face shows the limits and the writer only
+                    names = {n for n in names if n.isupper() or n == "canonical_json"}
                 assert names <= set(lamina.oci.__all__) | {"ALGORITHMS"}, path.name
 
 

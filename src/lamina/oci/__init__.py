@@ -65,6 +65,7 @@ if TYPE_CHECKING:
         parse_manifest_or_index,
     )
     from lamina.oci._json import (
+        MAX_DEPTH,
         MAX_DOCUMENT_SIZE,
         MAX_INDEX_FILE_SIZE,
         canonical_json,
@@ -153,6 +154,7 @@ __all__ = [
     "LAYOUT_VERSION",
     "MANIFEST_FILE",
     "MANIFEST_TYPES",
+    "MAX_DEPTH",
     "MAX_DOCUMENT_SIZE",
     "MAX_INDEX_FILE_SIZE",
     "OCI_CONFIG",
@@ -236,6 +238,7 @@ _LAZY = {
     "Index": "lamina.oci._documents",
     "Manifest": "lamina.oci._documents",
     "parse_manifest_or_index": "lamina.oci._documents",
+    "MAX_DEPTH": "lamina.oci._json",
     "MAX_DOCUMENT_SIZE": "lamina.oci._json",
     "MAX_INDEX_FILE_SIZE": "lamina.oci._json",
     "canonical_json": "lamina.oci._json",

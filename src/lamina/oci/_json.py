@@ -5,8 +5,10 @@ Reading (:func:`load_object`)
     untrusted.  The reader refuses what Go's ``encoding/json`` and Python's
     :mod:`json` would read differently or what no image tool writes:
     duplicate keys (two parsers may keep different values: a parser
-    differential), ``NaN``/``Infinity`` (not JSON), invalid UTF-8, and a
-    top level that is not an object (or array, for ``manifest.json``).
+    differential), ``NaN``/``Infinity`` (not JSON), invalid UTF-8, nesting
+    deeper than :data:`MAX_DEPTH` (real documents nest four or five levels;
+    a deeper one would later blow Python's recursion limit when written),
+    and a top level that is not an object (or array, for ``manifest.json``).
     Errors are :class:`lamina.errors.InvalidArchiveError` naming the document.
 
 Writing (:func:`canonical_json`)
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 __all__ = [
+    "MAX_DEPTH",
     "MAX_DOCUMENT_SIZE",
     "MAX_INDEX_FILE_SIZE",
     "canonical_json",
@@ -55,6 +58,7 @@ __all__ = [
 
 MAX_DOCUMENT_SIZE = 4 << 20
 MAX_INDEX_FILE_SIZE = 16 << 20
+MAX_DEPTH = 64
 
 _MISSING = object()
 
@@ -80,9 +84,27 @@ def load_json(
         raise ArchiveTooLargeError(f"{what} is larger than {limit} bytes")
     try:
         text = bytes(data).decode("utf-8")
-        return json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
+        value = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidArchiveError(f"{what} is not valid JSON: {exc}") from None
+    _check_depth(value, what)
+    return value
+
+
+def _check_depth(value: object, what: str) -> None:
+    """Refuse nesting deeper than :data:`MAX_DEPTH` (an explicit stack: no recursion)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: list[object] = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            raise InvalidArchiveError(f"{what} nests deeper than {MAX_DEPTH} levels")
+        stack.extend((child, depth + 1) for child in children)
 
 
 def load_object(
