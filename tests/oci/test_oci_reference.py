@@ -54,6 +54,70 @@ def test_normalisation_matches_docker(text: str, full: str, familiar: str) -> No
     assert parse_reference(familiar) == ref
 
 
+# Cases from distribution/reference's own test tables (normalize_test.go), as data.
+_DOCKER_VALID = [
+    "docker/docker",
+    "index.docker.io/library/debian",
+    "127.0.0.1:5000/library/debian",
+    "192.168.0.1",  # no slash: a Docker Hub name
+    "192.168.0.1:80",  # ... with the tag "80"
+    "192.168.0.1:8/debian",
+    "thisisthesongthatneverendsitgoesonandonandonthisisthesongthatnev",  # 64, not hex
+    "[fc00::1]:5000/docker/docker",
+    "[fc00:1:2:3:4:5:6:7]:5000/library/debian",
+    "docker.io/" + "1a3f5e7d9c1b3a5f7e9d1c3b5a7f9e1d" * 2,  # with a host, 64 hex is a name
+    "DOCKER/docker",
+    "docker---rules/docker",
+    "d/docker",
+    "dock__er/docker",
+    "test_com/foo",  # '_' does not make a host
+    "test-com:8080/foo",
+    "xn--n3h.com:18080/foo",
+]
+_DOCKER_INVALID = [
+    "https://github.com/docker/docker",
+    "-docker",
+    "-docker.io/docker/docker",
+    "docker///docker",
+    "docker.io/docker/Docker",
+    "[fc00::1]",
+    "[fc00::1]:5000",
+    "fc00::1:5000/debian",
+    "[fe80::1%eth0]:5000/debian",
+    "[2001:db8:3:4::192.0.2.33]:5000/debian",
+    "docker-/docker",
+    "____/____",
+    "_docker/_docker",
+    "dock_.er/docker",
+    "dock-.er/docker",
+    "docker/",
+    "x" * 250 + "/docker",
+]
+
+
+@pytest.mark.parametrize("text", _DOCKER_VALID)
+def test_docker_s_valid_names(text: str) -> None:
+    ref = parse_reference(text)
+    assert parse_reference(str(ref)) == ref
+    assert parse_reference(ref.familiar) == ref
+    bare = parse_reference(text, default_tag=False)
+    assert parse_reference(bare.familiar, default_tag=False) == bare
+
+
+@pytest.mark.parametrize("text", _DOCKER_INVALID)
+def test_docker_s_invalid_names(text: str) -> None:
+    with pytest.raises(errors.InvalidArgumentError):
+        parse_reference(text)
+
+
+def test_a_64_hex_official_name_keeps_its_prefix_in_the_short_form() -> None:
+    hex64 = "1a3f5e7d9c1b3a5f7e9d1c3b5a7f9e1d" * 2
+    ref = parse_reference(f"docker.io/{hex64}", default_tag=False)
+    assert ref.familiar == f"docker.io/library/{hex64}"  # bare, it would read as an image id
+    tagged = parse_reference(f"docker.io/{hex64}:1")
+    assert tagged.familiar == f"docker.io/library/{hex64}:1"  # the name alone is the same
+
+
 def test_parts_of_a_reference() -> None:
     ref = parse_reference(f"localhost:5000/team/app:1.0@{D}")
     assert ref.domain == "localhost:5000"

@@ -9,7 +9,9 @@ doors:
   digest, a manifest where an index was expected): these bytes come from an
   archive or a registry, and the store reports a bad one exactly as it
   reports a bad archive.  The registry client re-raises it as its own error
-  where the registry is to blame.
+  where the registry is to blame.  Documents over ``limit`` bytes
+  (:data:`lamina.oci._json.MAX_DOCUMENT_SIZE`, 4 MiB, by default) are
+  :class:`lamina.errors.ArchiveTooLargeError` before any parsing.
 * ``X(...)``: build one in code.  Bad *arguments* (a malformed digest
   string, a negative size) are :class:`lamina.errors.InvalidArgumentError`.
 * ``x.to_dict()`` / ``x.to_bytes()``: the JSON form, and its canonical bytes

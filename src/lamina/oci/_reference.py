@@ -28,8 +28,10 @@ rule so that a name lamina stores is the name Docker, Podman and skopeo show:
 and ``docker.io/user/app:latest`` as ``user/app:latest``.  One deliberate
 difference: a Docker Hub path whose first component looks like a host
 (``docker.io/v1.0/app``) keeps its ``docker.io/``, because Docker's short form
-(``v1.0/app``) would read back as the host ``v1.0``.  So both ``str(ref)`` and
-``ref.familiar`` always parse back to ``ref``.
+(``v1.0/app``) would read back as the host ``v1.0``; likewise an official image
+whose name is 64 hex digits keeps ``docker.io/library/``, since bare it reads as
+an image id.  So both ``str(ref)`` and ``ref.familiar`` always parse back to
+``ref``.
 
 Every parse error is :class:`lamina.errors.InvalidArgumentError`: a reference
 is something a caller typed or passed.  Archive readers that find a bad name
@@ -126,7 +128,9 @@ class Reference(Frozen):
             return self.name
         path = self.path
         if path.startswith(_OFFICIAL_PREFIX) and "/" not in path[len(_OFFICIAL_PREFIX) :]:
-            return path[len(_OFFICIAL_PREFIX) :]
+            short = path[len(_OFFICIAL_PREFIX) :]
+            # Docker would print a 64-hex official name bare, which reads back as an image id
+            return self.name if _IMAGE_ID.fullmatch(short) else short
         if _looks_like_host(path.partition("/")[0]):
             # Docker would print "0.0/app", which reads back as host "0.0": keep the host
             return self.name
