@@ -17,6 +17,9 @@ Callers test the class, never the message::
     │   ├── InvalidArchiveError      malformed, truncated or unsupported input
     │   │   └── ArchiveTooLargeError decompression or size limit exceeded (a "bomb")
     │   └── UnsafeArchiveError       the tar tried to reach outside the layer
+    ├── IntegrityError               bytes do not match their digest or declared size
+    ├── RegistryError                the registry failed or refused a request
+    │   └── AuthenticationError      401/403: no, wrong or insufficient credentials
     └── StateError                   the on-disk state is inconsistent (run cleanup)
 
 ``NotSupportedError`` is what automatic driver selection skips, like Docker's
@@ -29,8 +32,10 @@ __all__ = [
     "AlreadyExistsError",
     "ArchiveError",
     "ArchiveTooLargeError",
+    "AuthenticationError",
     "InUseError",
     "IncompatibleFilesystemError",
+    "IntegrityError",
     "InvalidArchiveError",
     "InvalidArgumentError",
     "LaminaError",
@@ -40,6 +45,7 @@ __all__ = [
     "PrerequisitesError",
     "QuotaExceededError",
     "QuotaNotSupportedError",
+    "RegistryError",
     "StateError",
     "UnsafeArchiveError",
 ]
@@ -111,6 +117,23 @@ class ArchiveTooLargeError(InvalidArchiveError):
 
 class UnsafeArchiveError(ArchiveError):
     """An entry tried to reach outside the layer root (``..``, links, devices)."""
+
+
+class IntegrityError(LaminaError):
+    """A blob, manifest or stored layer whose bytes do not match their digest or size.
+
+    Not an :class:`ArchiveError`: the same mismatch comes from a registry, a
+    blob store or a damaged layer on disk, and callers treat it alike (discard,
+    refetch or repair), whatever carried the bytes.
+    """
+
+
+class RegistryError(LaminaError):
+    """The registry failed or refused a request (an HTTP or protocol error)."""
+
+
+class AuthenticationError(RegistryError):
+    """401 or 403: no credentials, wrong ones, or too few rights for the request."""
 
 
 class StateError(LaminaError):
