@@ -735,6 +735,11 @@ class OverlayDriver(Driver):
             os.unlink(self._links / read_link(retired))
         self._discard(retired)
 
+    def parent(self, id: str) -> str | None:
+        """The nearest entry of ``lower``, followed through its short link to the layer id."""
+        chain = self._chain(self._existing_dir(id))
+        return chain[0] if chain else None
+
     def exists(self, id: str) -> bool:
         """Whether ``home/<id>`` exists (invalid or reserved ids never do)."""
         try:
