@@ -378,3 +378,19 @@ def test_drivers(lamina: Run, ok: Ok) -> None:
     names = ok(lamina("drivers")).splitlines()
     assert names[:2] == ["overlay", "vfs"]
     assert "windowsfilter" in names
+
+
+def test_windowsfilter_defaults_to_the_recorded_parent_and_refuses_none(
+    lamina: Run, ok: Ok, one_line_error: Callable[[Result, int], str]
+) -> None:
+    """windowsfilter reads a parent of None as the layer's own: --no-parent cannot be honoured."""
+
+    def wf(*args: str) -> Result:
+        return lamina("-o", "windowsfilter.sandbox=dir", "layer", *args, driver="windowsfilter")
+
+    ok(wf("create", "base"))
+    ok(wf("create-rw", "sbx", "--parent", "base"))
+    assert ok(wf("changes", "sbx")) == ""  # nothing changed against base
+    assert ok(wf("changes", "base", "--no-parent")) == ""  # a base layer: none is its parent
+    line = one_line_error(wf("changes", "sbx", "--no-parent"), 4)
+    assert "--parent" in line

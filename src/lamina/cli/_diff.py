@@ -28,6 +28,7 @@ from lamina.cli._common import (
     stdin_binary,
     stdout_binary,
 )
+from lamina.errors import NotSupportedError
 
 __all__ = ["apply_diff", "changes", "diff", "diff_size"]
 
@@ -106,7 +107,10 @@ def apply_diff(state: State, id: str, file: str, parent: str | None) -> None:
       zstd -dc app.tar.zst | lamina layer apply-diff app
     """
     if parent is None:
-        parent = state.driver.parent(id)
+        try:
+            parent = state.driver.parent(id)
+        except NotSupportedError:
+            parent = None  # a driver without parent records: as before, it gets none
     elif not parent:
         raise CommandError("--parent needs a layer id", EXIT_USAGE)
     if file == "-":
