@@ -131,7 +131,7 @@ def test_export_tree_loads_only_the_exporter(tmp_path: Path) -> None:
 @pytest.mark.parametrize("command", ["create", "rm"])
 def test_vfs_commands_load_only_their_own_code(tmp_path: Path, command: str) -> None:
     root = tmp_path / "store"
-    args = ["--root", str(root), "--driver", "vfs", command, "base"]
+    args = ["--root", str(root), "--driver", "vfs", "layer", command, "base"]
     loaded = _cli_modules(args, tmp_path)
     if command == "create":
         assert (root / "vfs" / "dir" / "base").is_dir()
@@ -163,9 +163,9 @@ def test_vfs_commands_load_only_their_own_code(tmp_path: Path, command: str) -> 
 def test_vfs_apply_diff_loads_the_apply_engine_but_not_the_exporter(tmp_path: Path) -> None:
     tar = _layer(tmp_path)
     root = tmp_path / "store"
-    _cli_modules(["--root", str(root), "--driver", "vfs", "create", "base"], tmp_path)
+    _cli_modules(["--root", str(root), "--driver", "vfs", "layer", "create", "base"], tmp_path)
     loaded = _cli_modules(
-        ["--root", str(root), "--driver", "vfs", "apply-diff", "base", str(tar)], tmp_path
+        ["--root", str(root), "--driver", "vfs", "layer", "apply-diff", "base", str(tar)], tmp_path
     )
     assert (root / "vfs" / "dir" / "base" / "etc" / "hello").read_text() == "hi\n"
     assert "lamina.archive._apply" in loaded

@@ -69,8 +69,8 @@ def _base(ctx: Context, name: str, fmt: str) -> Group:
             vs.append(
                 Variant(
                     f"lamina {drv} create+apply-diff (CLI)",
-                    f"{ctx.lamina(lroot, drv, 'create', 'l0')} && "
-                    f"{ctx.lamina(lroot, drv, 'apply-diff', 'l0', src)} >/dev/null",
+                    f"{ctx.lamina(lroot, drv, 'layer', 'create', 'l0')} && "
+                    f"{ctx.lamina(lroot, drv, 'layer', 'apply-diff', 'l0', src)} >/dev/null",
                     ctx.clean(lroot),
                     ctx.clean(lroot),
                     src,
@@ -176,8 +176,9 @@ def _layer1(ctx: Context, fmt: str) -> Group:
         vs.append(
             Variant(
                 f"lamina {drv} create -p l0 + apply-diff (CLI)",
-                f"{ctx.lamina(lroot, drv, 'create', 'l1', '--parent', 'l0')} && "
-                f"{ctx.lamina(lroot, drv, 'apply-diff', 'l1', src, '--parent', 'l0')} >/dev/null",
+                f"{ctx.lamina(lroot, drv, 'layer', 'create', 'l1', '--parent', 'l0')} && "
+                f"{ctx.lamina(lroot, drv, 'layer', 'apply-diff', 'l1', src, '--parent', 'l0')}"
+                " >/dev/null",
                 f"{ctx.clean(lroot)} && {ctx.entry('store', drv, str(lroot), 'l0=' + l0)}",
                 ctx.clean(lroot),
                 src,

@@ -45,8 +45,8 @@ def groups(ctx: Context) -> list[Group]:
         ident = f"c{depth:03d}"
         # views that outlive the command, released by a later command (as c-storage's)
         detached = ("detached_views=true",)
-        lam_mount = ctx.lamina(lroot, "overlay", "mount", ident, opts=detached)
-        lam_unmount = ctx.lamina(lroot, "overlay", "unmount", ident, opts=detached)
+        lam_mount = ctx.lamina(lroot, "overlay", "layer", "mount", ident, opts=detached)
+        lam_unmount = ctx.lamina(lroot, "overlay", "layer", "unmount", ident, opts=detached)
         # the same driver calls as one library call in a process (like apply_layer vs tar)
         lib_mount = ctx.entry("mount", "overlay", str(lroot), ident, *detached)
         lib_unmount = ctx.entry("unmount", "overlay", str(lroot), ident, *detached)

@@ -82,7 +82,7 @@ def diff_groups(ctx: Context) -> list[Group]:
         vs.append(
             Variant(
                 f"lamina {drv} diff l1 -p l0 (CLI, {what})",
-                ctx.lamina(root, drv, "diff", "l1", "--parent", "l0", "-o", str(out)),
+                ctx.lamina(root, drv, "layer", "diff", "l1", "--parent", "l0", "-o", str(out)),
                 f"{ctx.require('diff-lamina-' + drv)} && {rm_out}",
                 rm_out,
                 str(root),
@@ -140,7 +140,7 @@ def changes_groups(ctx: Context) -> list[Group]:
         return ctx.try_build(
             f"changes-lamina-{drv}",
             f"{ctx.clean(root)} && {ctx.entry('store', drv, str(root), 's0=' + small)} && "
-            f"{ctx.lamina(root, drv, 'create-rw', 's1', '--parent', 's0')} && "
+            f"{ctx.lamina(root, drv, 'layer', 'create-rw', 's1', '--parent', 's0')} && "
             + ctx.entry("mutate-layer", drv, str(root), "s1", nchanges),
         )
 
@@ -192,22 +192,22 @@ def changes_groups(ctx: Context) -> list[Group]:
         vs.append(
             Variant(
                 f"lamina {drv} changes (CLI, {what})",
-                ctx.lamina(root, drv, "changes", "s1", "--parent", "s0"),
+                ctx.lamina(root, drv, "layer", "changes", "s1", "--parent", "s0"),
                 need,
                 prime=ctx.p_lamina,
                 lamina=True,
-                check=f"{ctx.lamina(root, drv, 'changes', 's1', '--parent', 's0')} | "
+                check=f"{ctx.lamina(root, drv, 'layer', 'changes', 's1', '--parent', 's0')} | "
                 'awk \'{n[$1]++} END {for (k in n) printf "%s=%d ", k, n[k]; print ""}\'',
             )
         )
         vs.append(
             Variant(
                 f"lamina {drv} diff-size (CLI, {what})",
-                ctx.lamina(root, drv, "diff-size", "s1", "--parent", "s0"),
+                ctx.lamina(root, drv, "layer", "diff-size", "s1", "--parent", "s0"),
                 need,
                 prime=ctx.p_lamina,
                 lamina=True,
-                check=ctx.lamina(root, drv, "diff-size", "s1", "--parent", "s0"),
+                check=ctx.lamina(root, drv, "layer", "diff-size", "s1", "--parent", "s0"),
             )
         )
     for drv, d in (("overlay", cso), ("vfs", csv)):
@@ -268,9 +268,9 @@ def create_rw_groups(ctx: Context) -> list[Group]:
             ),
             Variant(
                 f"lamina {drv} create-rw (CLI)",
-                ctx.lamina(lroot, drv, "create-rw", "ctr", "--parent", "l1"),
+                ctx.lamina(lroot, drv, "layer", "create-rw", "ctr", "--parent", "l1"),
                 ctx.require(f"createrw-lamina-{drv}"),
-                ctx.lamina(lroot, drv, "rm", "ctr"),
+                ctx.lamina(lroot, drv, "layer", "rm", "ctr"),
                 prime=ctx.p_lamina,
                 lamina=True,
             ),
@@ -323,7 +323,7 @@ def remove_groups(ctx: Context) -> list[Group]:
             vs.append(
                 Variant(
                     f"lamina {drv} rm (CLI)",
-                    ctx.lamina(root, drv, "rm", "x"),
+                    ctx.lamina(root, drv, "layer", "rm", "x"),
                     f"{ctx.clean(root)} && {ctx.entry('store', drv, str(root), 'x=' + src)}",
                     ctx.clean(root),
                     prime=ctx.p_lamina,

@@ -15,16 +15,15 @@ from click.testing import CliRunner
 from lamina.cli import cli
 from lamina.cli._common import default_root
 
-COMMANDS = [
+# DESIGN.md, "The command line": the graph-driver commands live under `lamina layer`.
+LAYER_COMMANDS = [
     "apply-diff",
     "changes",
     "cleanup",
     "create",
     "create-rw",
-    "demo",
     "diff",
     "diff-size",
-    "drivers",
     "exists",
     "metadata",
     "mount",
@@ -32,19 +31,52 @@ COMMANDS = [
     "status",
     "unmount",
 ]
+TOP_LEVEL = ["demo", "drivers", "layer", "windows"]
+# Taken later by the image and container commands: never aliases of layer commands.
+RESERVED = ["create", "diff", "mount", "rm", "unmount"]
 
 
 def _command_names() -> list[str]:
-    """Every subcommand, including those whose module is loaded only on use."""
+    """Every top-level subcommand, including those whose module is loaded only on use."""
     return cli.list_commands(click.Context(cli))
 
 
-def test_every_driver_level_command_is_registered() -> None:
-    assert set(COMMANDS) <= set(_command_names())
+def _layer_group() -> click.Group:
+    group = cli.get_command(click.Context(cli), "layer")
+    assert isinstance(group, click.Group)
+    return group
+
+
+def _all_command_paths() -> list[list[str]]:
+    """["demo"], ..., ["layer"], ["layer", "apply-diff"], ...: every command to ask for help."""
+    paths = [[name] for name in _command_names()]
+    group = _layer_group()
+    paths += [["layer", name] for name in group.list_commands(click.Context(group))]
+    return paths
+
+
+def test_commands_are_where_design_md_puts_them() -> None:
+    assert _command_names() == TOP_LEVEL
+    group = _layer_group()
+    assert group.list_commands(click.Context(group)) == LAYER_COMMANDS
+    for name in LAYER_COMMANDS:
+        command = group.get_command(click.Context(group), name)
+        assert isinstance(command, click.Command)
+        assert command.name == name
     for name in _command_names():
         command = cli.get_command(click.Context(cli), name)
         assert isinstance(command, click.Command)
         assert command.name == name
+
+
+@pytest.mark.parametrize("name", [*RESERVED, "changes", "apply-diff", "status", "cleanup"])
+def test_layer_commands_are_not_top_level(name: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["--root", str(tmp_path), "--driver", "vfs", name, "x"], prog_name="lamina"
+    )
+    assert result.exit_code == 2
+    assert f"No such command '{name}'" in result.stderr
+    assert not (tmp_path / "vfs").exists()  # nothing ran
 
 
 def test_top_level_help_lists_commands_options_and_exit_codes() -> None:
@@ -57,22 +89,41 @@ def test_top_level_help_lists_commands_options_and_exit_codes() -> None:
     for command in _command_names():
         assert f"\n  {command} " in text, command
     assert "..." not in text.split("Commands:")[1].split("Exit status")[0]  # no cut summaries
-    for code in range(1, 8):
+    for code in range(1, 10):
         assert f"\n    {code}  " in text
     assert "Example:" in text
+    assert "lamina layer create base" in text
 
 
-@pytest.mark.parametrize("command", _command_names())
-def test_each_command_help_has_a_description_and_an_example(command: str) -> None:
-    result = CliRunner().invoke(cli, [command, "--help"], prog_name="lamina")
+def test_layer_help_lists_every_layer_command_uncut() -> None:
+    result = CliRunner().invoke(cli, ["layer", "--help"], prog_name="lamina")
+    assert result.exit_code == 0
+    commands = result.stdout.split("Commands:")[1]
+    for command in LAYER_COMMANDS:
+        assert f"\n  {command} " in commands, command
+    assert "..." not in commands
+
+
+@pytest.mark.parametrize("path", _all_command_paths(), ids=" ".join)
+def test_each_command_help_has_a_description_and_an_example(path: list[str]) -> None:
+    result = CliRunner().invoke(cli, [*path, "--help"], prog_name="lamina")
     assert result.exit_code == 0
     text = result.stdout
+    command = " ".join(path)
     assert text.startswith(f"Usage: lamina {command} [OPTIONS]")
     description = text.split("\n\n")[1].strip()
     assert len(description) > 20
     assert "Example:" in text
     examples = text.split("Example:")[1].split("Options:")[0]
     assert re.search(rf"lamina( \S+)* {re.escape(command)}( |$)", examples, re.MULTILINE)
+
+
+@pytest.mark.parametrize("command", ["changes", "diff", "diff-size"])
+def test_comparing_commands_document_the_parent_default_and_no_parent(command: str) -> None:
+    result = CliRunner().invoke(cli, ["layer", command, "--help"], prog_name="lamina")
+    text = " ".join(result.stdout.split())
+    assert "[default: the parent ID was created on]" in text
+    assert "--no-parent Compare against nothing" in text
 
 
 def test_python_dash_m_lamina() -> None:
@@ -102,6 +153,6 @@ def test_default_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_lamina_root_environment_variable(tmp_path: Path) -> None:
     runner = CliRunner()
     env = {"LAMINA_ROOT": str(tmp_path / "from-env")}
-    result = runner.invoke(cli, ["--driver", "vfs", "create", "l1"], env=env)
+    result = runner.invoke(cli, ["--driver", "vfs", "layer", "create", "l1"], env=env)
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "from-env" / "vfs").is_dir()

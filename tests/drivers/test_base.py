@@ -168,3 +168,15 @@ def test_validate_id() -> None:
     for bad in ("", ".", "..", "/", "a/..", "\x00"):
         with pytest.raises(InvalidArgumentError):
             validate_id(bad)
+
+
+def test_parent_without_a_record_is_not_supported_never_a_guess(driver: DirDriver) -> None:
+    """A driver that keeps no parent record must not answer "none" (its whole tree)."""
+    from lamina.errors import NotSupportedError
+
+    driver.create("base")
+    driver.create("child", "base")
+    with pytest.raises(NotSupportedError):
+        driver.parent("child")
+    with pytest.raises(NotFoundError):
+        driver.parent("missing")

@@ -25,38 +25,50 @@ __all__ = ["cli"]
 
 
 # Command name -> (module, attribute).  Each command module is imported only
-# when its command runs (or help lists it): a ``lamina create`` process never
-# loads the Windows layer tools, the demo or the diff commands.
+# when its command runs (or help lists it): a ``lamina layer create`` process
+# never loads the Windows layer tools, the demo or the diff commands.
 _COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("lamina.cli._demo_cmd", "demo"),
+    "drivers": ("lamina.cli._store", "drivers"),
+    "windows": ("lamina.cli._windows", "windows"),
+}
+
+# The graph-driver commands, under ``lamina layer``.  The top-level names
+# ``create``, ``rm``, ``mount``, ``unmount`` and ``diff`` belong to the image
+# and container commands (DESIGN.md), so none of these is an alias up there.
+_LAYER_COMMANDS: dict[str, tuple[str, str]] = {
     "apply-diff": ("lamina.cli._diff", "apply_diff"),
     "changes": ("lamina.cli._diff", "changes"),
     "cleanup": ("lamina.cli._store", "cleanup"),
     "create": ("lamina.cli._layers", "create"),
     "create-rw": ("lamina.cli._layers", "create_rw"),
-    "demo": ("lamina.cli._demo_cmd", "demo"),
     "diff": ("lamina.cli._diff", "diff"),
     "diff-size": ("lamina.cli._diff", "diff_size"),
-    "drivers": ("lamina.cli._store", "drivers"),
     "exists": ("lamina.cli._layers", "exists"),
     "metadata": ("lamina.cli._layers", "metadata"),
     "mount": ("lamina.cli._mount", "mount"),
     "rm": ("lamina.cli._layers", "rm"),
     "status": ("lamina.cli._store", "status"),
     "unmount": ("lamina.cli._mount", "unmount"),
-    "windows": ("lamina.cli._windows", "windows"),
 }
 
 
-class _Group(click.Group):
-    """Loads subcommands on demand; turns library and OS errors into one line on stderr."""
+class _LazyGroup(click.Group):
+    """A command group whose subcommands load on demand from a name -> module table."""
+
+    def __init__(
+        self, *args: Any, lazy_commands: dict[str, tuple[str, str]] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands or {})
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *_COMMANDS})
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
-        if command is None and cmd_name in _COMMANDS:
-            module_name, attr = _COMMANDS[cmd_name]
+        if command is None and cmd_name in self.lazy_commands:
+            module_name, attr = self.lazy_commands[cmd_name]
             __import__(module_name)
             command = getattr(sys.modules[module_name], attr)
             if not isinstance(command, click.Command):
@@ -64,13 +76,21 @@ class _Group(click.Group):
             self.add_command(command, cmd_name)
         return command
 
+
+class _Group(_LazyGroup):
+    """The top-level group: turns library and OS errors into one line on stderr.
+
+    Subgroups (``lamina layer``) run inside this ``invoke``, so their
+    commands' errors end here too.
+    """
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except CommandError as exc:
             exit_with_error(str(exc), exc.exit_code)
         except BrokenPipeError:
-            raise  # the reader went away (`lamina diff x | head`): click exits quietly
+            raise  # the reader went away (`lamina layer diff x | head`): click exits quietly
         except (errors.LaminaError, OSError) as exc:
             fail(exc)
 
@@ -80,16 +100,16 @@ Store container image layers with a graph driver (vfs, overlay, windowsfilter).
 
 Works at driver level, like Docker's graph drivers and the containers-storage
 tool: layers are named by the ID you give them, and each one starts out
-showing its parent's content.
+showing its parent's content. The layer commands live under `lamina layer`.
 
 \b
 Example:
-  lamina create base
-  lamina apply-diff base rootfs.tar.gz
-  lamina create-rw ctr --parent base
-  dir=$(lamina mount ctr); touch "$dir/hello"; lamina unmount ctr
-  lamina changes ctr --parent base          # A /hello
-  lamina diff ctr --parent base -o ctr.tar
+  lamina layer create base
+  lamina layer apply-diff base rootfs.tar.gz
+  lamina layer create-rw ctr --parent base
+  dir=$(lamina layer mount ctr); touch "$dir/hello"; lamina layer unmount ctr
+  lamina layer changes ctr                  # A /hello (against ctr's parent)
+  lamina layer diff ctr -o ctr.tar
 
 \b
 Environment:
@@ -99,7 +119,7 @@ Environment:
 """
 
 
-@click.group(cls=_Group, help=_HELP, epilog=EXIT_CODES_HELP)
+@click.group(cls=_Group, lazy_commands=_COMMANDS, help=_HELP, epilog=EXIT_CODES_HELP)
 @click.option(
     "--root",
     type=click.Path(file_okay=False, path_type=str),
@@ -136,3 +156,24 @@ def cli(
         options=options,
         root_given=source is ParameterSource.COMMANDLINE,
     )
+
+
+_LAYER_HELP = """\
+Graph-driver commands: one layer at a time, by its ID.
+
+Each layer starts out showing its parent's content. `changes`, `diff`,
+`diff-size` and `apply-diff` work against the layer's own parent unless
+--parent names another layer (or --no-parent asks for none).
+
+\b
+Example:
+  lamina layer create base
+  lamina layer apply-diff base rootfs.tar.gz
+  lamina layer create-rw ctr --parent base
+  lamina layer changes ctr
+"""
+
+
+@cli.group(cls=_LazyGroup, lazy_commands=_LAYER_COMMANDS, help=_LAYER_HELP)
+def layer() -> None:
+    pass

@@ -7,6 +7,7 @@ lives here, and only here.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -20,11 +21,13 @@ from lamina import drivers, errors
 __all__ = [
     "EXIT_ALREADY_EXISTS",
     "EXIT_BAD_ARCHIVE",
+    "EXIT_BAD_STATE",
     "EXIT_CODES_HELP",
     "EXIT_ERROR",
     "EXIT_IN_USE",
     "EXIT_NOT_FOUND",
     "EXIT_NOT_SUPPORTED",
+    "EXIT_NO_RESOURCES",
     "EXIT_USAGE",
     "CommandError",
     "State",
@@ -37,6 +40,7 @@ __all__ = [
     "fail",
     "key_value_pairs",
     "pass_state",
+    "quote_name",
     "refuse_terminal",
     "stdin_binary",
     "stdout_binary",
@@ -49,34 +53,62 @@ EXIT_NOT_SUPPORTED = 4
 EXIT_BAD_ARCHIVE = 5
 EXIT_ALREADY_EXISTS = 6
 EXIT_IN_USE = 7
+EXIT_NO_RESOURCES = 8
+EXIT_BAD_STATE = 9
+
+# Out of a resource that freeing or raising a limit fixes: disk space, a
+# quota, processes (fork's EAGAIN), open files, memory.  Checked before the
+# class, because the library wraps such failures in the class of the
+# operation that hit them (a helper that cannot fork during an apply is an
+# ArchiveError carrying EAGAIN), and "bad archive" would send the user
+# looking in the wrong place.
+_RESOURCE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
+)
 
 # Most specific first: the first class that matches decides the status.
+# Every class of lamina.errors is named (a test checks), so a new class
+# gets its status chosen here rather than falling through to 1 unseen.
 _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (errors.InvalidArgumentError, EXIT_USAGE),
     (errors.NotFoundError, EXIT_NOT_FOUND),
+    (errors.QuotaNotSupportedError, EXIT_NOT_SUPPORTED),
+    (errors.IncompatibleFilesystemError, EXIT_NOT_SUPPORTED),
+    (errors.PrerequisitesError, EXIT_NOT_SUPPORTED),
     (errors.NotSupportedError, EXIT_NOT_SUPPORTED),
+    (errors.MaxDepthError, EXIT_NOT_SUPPORTED),
+    (errors.ArchiveTooLargeError, EXIT_BAD_ARCHIVE),
+    (errors.InvalidArchiveError, EXIT_BAD_ARCHIVE),
+    (errors.UnsafeArchiveError, EXIT_BAD_ARCHIVE),
     (errors.ArchiveError, EXIT_BAD_ARCHIVE),
     (errors.AlreadyExistsError, EXIT_ALREADY_EXISTS),
     (errors.InUseError, EXIT_IN_USE),
+    (errors.QuotaExceededError, EXIT_NO_RESOURCES),
+    (errors.StateError, EXIT_BAD_STATE),
+    (errors.LaminaError, EXIT_ERROR),
     (FileNotFoundError, EXIT_NOT_FOUND),
 )
 
 # Shown in ``lamina --help``; "\b" stops click from re-flowing the table.
 EXIT_CODES_HELP = f"""\b
 Exit status:
-  0  success (for `exists`: the layer exists)
-  {EXIT_ERROR}  other error (for `exists`: the layer does not exist)
+  0  success (for `layer exists`: the layer exists)
+  {EXIT_ERROR}  other error (for `layer exists`: the layer does not exist)
   {EXIT_USAGE}  usage error: bad option, argument or layer id
   {EXIT_NOT_FOUND}  not found: no such layer or file
-  {EXIT_NOT_SUPPORTED}  not supported here: driver, kernel feature or storage option
+  {EXIT_NOT_SUPPORTED}  not supported here: driver, kernel feature, storage option, chain depth
   {EXIT_BAD_ARCHIVE}  invalid or unsafe layer archive
   {EXIT_ALREADY_EXISTS}  the layer already exists
   {EXIT_IN_USE}  the layer is in use (mounted, has children, or unmounted too often)
+  {EXIT_NO_RESOURCES}  out of resources: disk full, size limit, process or open-file limit
+  {EXIT_BAD_STATE}  the store's state is inconsistent: run `lamina layer cleanup`
 """
 
 
 def exit_code_for(exc: BaseException) -> int:
     """The process status for an exception raised by the library or the OS."""
+    if isinstance(exc, (OSError, errors.LaminaError)) and exc.errno in _RESOURCE_ERRNOS:
+        return EXIT_NO_RESOURCES
     for cls, code in _EXIT_CODES:
         if isinstance(exc, cls):
             return code
@@ -186,6 +218,54 @@ def key_value_pairs(
 def echo_path(path: str | os.PathLike[str]) -> None:
     """Print a path byte for byte, so names that are not UTF-8 survive (surrogateescape)."""
     click.echo(os.fsencode(path))
+
+
+_C_ESCAPES = {
+    "\a": "\\a",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\v": "\\v",
+    "\f": "\\f",
+    "\r": "\\r",
+    '"': '\\"',
+    "\\": "\\\\",
+}
+
+
+def quote_name(name: str) -> str:
+    """A file name that is safe on a terminal and one line long (git's quoting of paths).
+
+    Names come from the layer, that is from whoever wrote the container's
+    files, and a raw one can forge output lines (``x\\nD /etc/shadow``) or
+    send escape sequences to the terminal.  A name made only of printable
+    characters, without ``\\`` or ``"``, is returned unchanged, so ordinary
+    output stays exactly ``docker diff``'s.  Any other name is put in double
+    quotes with C escapes: ``\\n \\t \\r \\a \\b \\v \\f \\" \\\\`` and, for
+    every other character that does not print (C0 and C1 controls, DEL,
+    format characters such as bidirectional overrides, separators other
+    than the space, unassigned code points) and for bytes that are not
+    UTF-8 (surrogate-escaped by :func:`os.fsdecode`), each byte of its UTF-8
+    encoding as ``\\ooo`` in octal.  Unquoting therefore gives back the
+    exact bytes of the name, as with ``git``'s ``core.quotePath=false``.
+    """
+    if name.isprintable() and "\\" not in name and '"' not in name:
+        return name
+    out = ['"']
+    for char in name:
+        escaped = _C_ESCAPES.get(char)
+        if escaped is not None:
+            out.append(escaped)
+        elif char.isprintable():
+            out.append(char)
+        else:
+            try:
+                raw = char.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:  # a lone surrogate that was never a byte
+                raw = char.encode("utf-8", "surrogatepass")
+            out.extend(f"\\{byte:03o}" for byte in raw)
+    out.append('"')
+    return "".join(out)
 
 
 def refuse_terminal(stream: IO[Any], message: str) -> None:

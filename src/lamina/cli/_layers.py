@@ -35,12 +35,12 @@ def create(
 ) -> None:
     """Create an empty read-only (image) layer ID on top of PARENT.
 
-    Fill it with `lamina apply-diff ID`. The new layer shows PARENT's content.
+    Fill it with `lamina layer apply-diff ID`. The new layer shows PARENT's content.
 
     \b
     Example:
-      lamina create base
-      lamina create app --parent base
+      lamina layer create base
+      lamina layer create app --parent base
     """
     state.driver.create(id, parent, mount_label=mount_label, storage_opt=storage_opt or None)
 
@@ -56,13 +56,13 @@ def create_rw(
 ) -> None:
     """Create a read-write (container) layer ID on top of PARENT.
 
-    This is where a container's changes go; `lamina changes` and `lamina diff`
+    This is where a container's changes go; `lamina layer changes` and `lamina layer diff`
     report them. `size` is accepted here only, and only where the driver has a
     quota mechanism (otherwise the command fails with exit status 4).
 
     \b
     Example:
-      lamina create-rw ctr --parent app --storage-opt size=1G
+      lamina layer create-rw ctr --parent app --storage-opt size=1G
     """
     state.driver.create_read_write(
         id, parent, mount_label=mount_label, storage_opt=storage_opt or None
@@ -77,7 +77,7 @@ def rm(state: State, ids: tuple[str, ...]) -> None:
 
     \b
     Example:
-      lamina rm ctr app base
+      lamina layer rm ctr app base
     """
     for layer in ids:
         state.driver.remove(layer)
@@ -91,7 +91,7 @@ def exists(state: State, id: str) -> None:
 
     \b
     Example:
-      lamina exists base && echo "base is there"
+      lamina layer exists base && echo "base is there"
     """
     found = state.driver.exists(id)
     click.echo("true" if found else "false")
@@ -112,8 +112,8 @@ def metadata(state: State, id: str, as_json: bool) -> None:
 
     \b
     Example:
-      lamina metadata base
-      lamina metadata base --json | jq -r .Dir
+      lamina layer metadata base
+      lamina layer metadata base --json | jq -r .Dir
     """
     data = state.driver.get_metadata(id)
     if as_json:

@@ -2,9 +2,9 @@
 
 A command is a process of its own, so these use the driver's ``mount`` and
 ``unmount``: holds that are counted in the driver's runtime directory and
-outlive the process, so a later ``lamina unmount`` can release what an
-earlier ``lamina mount`` took.  Hence the rule in the help texts: every
-``lamina mount`` needs exactly one ``lamina unmount``.
+outlive the process, so a later ``lamina layer unmount`` can release what an
+earlier ``lamina layer mount`` took.  Hence the rule in the help texts: every
+``lamina layer mount`` needs exactly one ``lamina layer unmount``.
 """
 
 from __future__ import annotations
@@ -23,16 +23,16 @@ __all__ = ["mount", "unmount"]
 def mount(state: State, id: str, mount_label: str) -> None:
     """Make layer ID's merged view available and print its path.
 
-    The view stays after the command exits. Each `lamina mount` counts one
-    user and must be paired with one `lamina unmount`; the view goes away
+    The view stays after the command exits. Each `lamina layer mount` counts one
+    user and must be paired with one `lamina layer unmount`; the view goes away
     when the last user unmounts. Writes to a read-write layer's view are
     the container's changes.
 
     \b
     Example:
-      dir=$(lamina mount ctr)
+      dir=$(lamina layer mount ctr)
       echo hi > "$dir/hello"
-      lamina unmount ctr
+      lamina layer unmount ctr
     """
     echo_path(state.driver.mount(id, mount_label))
 
@@ -41,7 +41,7 @@ def mount(state: State, id: str, mount_label: str) -> None:
 @click.argument("id")
 @pass_state
 def unmount(state: State, id: str) -> None:
-    """Release one `lamina mount` of layer ID.
+    """Release one `lamina layer mount` of layer ID.
 
     The view goes away at the last one.
 
@@ -49,6 +49,6 @@ def unmount(state: State, id: str) -> None:
 
     \b
     Example:
-      lamina unmount ctr
+      lamina layer unmount ctr
     """
     state.driver.unmount(id)

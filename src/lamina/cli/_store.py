@@ -21,7 +21,7 @@ def status(state: State) -> None:
 
     \b
     Example:
-      lamina --root /srv/layers status
+      lamina --root /srv/layers layer status
     """
     driver = state.driver
     click.echo(f"Driver: {driver.name}")
@@ -40,7 +40,7 @@ def cleanup(state: State) -> None:
 
     \b
     Example:
-      lamina cleanup
+      lamina layer cleanup
     """
     state.driver.cleanup()
 

@@ -121,6 +121,22 @@ class Driver(abc.ABC):
     def get_metadata(self, id: str) -> dict[str, str]:
         """Driver-specific facts about a layer, as ``docker inspect`` shows them."""
 
+    def parent(self, id: str) -> str | None:
+        """The parent ``id`` was created on, or None for a layer without one.
+
+        ``diff``, ``changes`` and ``diff_size`` take the layer to compare with
+        as an argument, and callers that mean "the layer's own parent" (the
+        command line's default) ask here instead of remembering it.  The
+        answer is the driver's own record, read without side effects; a
+        missing layer is :class:`~lamina.errors.NotFoundError`.  Drivers that
+        keep no record raise :class:`~lamina.errors.NotSupportedError` rather
+        than guess, since guessing "none" turns a layer's changes into its
+        whole tree.
+        """
+        if not self.exists(id):
+            raise NotFoundError(f"layer {id} does not exist")
+        raise NotSupportedError(f"the {self.name or type(self).__name__} driver records no parents")
+
     def cleanup(self) -> None:
         """Release every view this process holds; drivers add crash-leftover sweeps."""
         self._mounter.release_all()

@@ -17,7 +17,9 @@ On-disk layout under ``home`` (``<root>/vfs``, created 0o700):
   being deleted, so a crash never leaves a half-deleted layer visible;
 * ``state/<id>.pristine`` — the layer still equals its parent (it was never
   handed out by ``get`` nor applied to); holds the parent id;
-* ``state/<id>.applying`` — an ``apply_diff`` into the layer is under way.
+* ``state/<id>.applying`` — an ``apply_diff`` into the layer is under way;
+* ``state/<id>.parent`` — the parent the layer was created on, for
+  :meth:`~lamina.drivers.Driver.parent` (layers without parent have none).
 
 Atomic ``apply_diff``.  The usual sequence (create, then apply) hits a
 pristine layer: the tar is applied in place, and if it fails the layer is
@@ -203,6 +205,7 @@ class VfsDriver(Driver):
                     self._last_copy_method = stats.method
             if parent:
                 self._mark(id, "pristine", parent)
+                self._mark(id, "parent", parent)
             try:
                 rename_noreplace(staging, target)
             except FileExistsError:
@@ -211,6 +214,7 @@ class VfsDriver(Driver):
             remove_tree(staging)
             if not os.path.isdir(target):
                 self._unmark(id, "pristine")
+                self._unmark(id, "parent")
             raise
         finally:
             with self._lock:
@@ -249,8 +253,19 @@ class VfsDriver(Driver):
         retired = retire_dir(self._dir(id), self._removing, id)
         self._unmark(id, "pristine")
         self._unmark(id, "applying")
+        self._unmark(id, "parent")
         if retired is not None:
             remove_tree(retired)
+
+    def parent(self, id: str) -> str | None:
+        """The parent recorded at create (``state/<id>.parent``), None for a base layer.
+
+        A layer made before that record existed still has its ``pristine``
+        record until it is first used; after that it reports None.
+        """
+        if not os.path.isdir(self._dir(id)):
+            raise NotFoundError(f"layer {id} does not exist")
+        return self._marked(id, "parent") or self._marked(id, "pristine") or None
 
     def exists(self, id: str) -> bool:
         """Whether ``dir/<id>`` exists (an invalid id never exists)."""

@@ -67,10 +67,15 @@ from lamina._fs import (
     Mounter,
     MountInfo,
     NativeDiffProbe,
+    ProbeFile,
     ProjectQuota,
     RefStore,
     SharedMounter,
     create_image,
+    fs_identity,
+    fs_name,
+    grow_image,
+    grow_mounted_image,
     image_is_mounted,
     made_by_other_live_process,
     make_staging_dir,
@@ -91,11 +96,8 @@ from lamina._fs import (
     unmount_image,
     write_file_atomic,
 )
-from lamina._fs._probe import ProbeFile, fs_identity, fs_name
-from lamina._fs._quota import grow_image, grow_mounted_image
 from lamina._units import ram_in_bytes
-from lamina.archive._overlay_changes import overlay_changes, upper_size
-from lamina.archive._whiteout import OVERLAY_OPAQUE_XATTR
+from lamina.archive import OVERLAY_OPAQUE_XATTR, overlay_changes, upper_size
 from lamina.drivers._base import Driver, FileGetter, StorageOpts
 from lamina.drivers.overlay._layout import (
     LINK_DIR,
@@ -734,6 +736,11 @@ class OverlayDriver(Driver):
         with contextlib.suppress(StateError, OSError):
             os.unlink(self._links / read_link(retired))
         self._discard(retired)
+
+    def parent(self, id: str) -> str | None:
+        """The nearest entry of ``lower``, followed through its short link to the layer id."""
+        chain = self._chain(self._existing_dir(id))
+        return chain[0] if chain else None
 
     def exists(self, id: str) -> bool:
         """Whether ``home/<id>`` exists (invalid or reserved ids never do)."""

@@ -316,6 +316,10 @@ class WindowsFilterDriver(Driver):
         chain = self._chain_for_parent(parent, need_files=True)
         self._publish(id, LayerMeta(parent=self._parent_id(parent)), chain)
 
+    def parent(self, id: str) -> str | None:
+        """The (resolved) parent id recorded in the layer's metadata at create."""
+        return self._meta(self._resolve(id)).parent
+
     def _parent_id(self, parent: str | None) -> str | None:
         return self._resolve(parent) if parent else None
 
