@@ -1,8 +1,10 @@
 """lamina: a storage engine for container image layers.
 
 The public API is Docker's graph-driver contract (:mod:`lamina.drivers`),
-the archive engine that applies and exports layers (:mod:`lamina.archive`)
-and one exception tree (:mod:`lamina.errors`).
+the archive engine that applies and exports layers (:mod:`lamina.archive`),
+the image formats as data (:mod:`lamina.oci`: references, digests, manifests,
+configs, OCI layouts and ``docker save`` archives) and one exception tree
+(:mod:`lamina.errors`).
 
 Every lamina command is a short process, so the package loads its parts on
 first use (PEP 562): ``from lamina import archive`` never pays for the
@@ -15,10 +17,10 @@ from lamina._lazy import lazy_names
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (and re) at start-up
 if TYPE_CHECKING:
-    from lamina import archive, drivers, errors
+    from lamina import archive, drivers, errors, oci
     from lamina._change import Change, ChangeKind
 
-__all__ = ["Change", "ChangeKind", "__version__", "archive", "drivers", "errors"]
+__all__ = ["Change", "ChangeKind", "__version__", "archive", "drivers", "errors", "oci"]
 
 __version__ = "0.1.0"
 
@@ -29,6 +31,7 @@ _LAZY = {
     "archive": "lamina.archive",
     "drivers": "lamina.drivers",
     "errors": "lamina.errors",
+    "oci": "lamina.oci",
 }
 
 

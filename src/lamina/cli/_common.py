@@ -20,14 +20,17 @@ from lamina import drivers, errors
 
 __all__ = [
     "EXIT_ALREADY_EXISTS",
+    "EXIT_AUTH",
     "EXIT_BAD_ARCHIVE",
     "EXIT_BAD_STATE",
     "EXIT_CODES_HELP",
     "EXIT_ERROR",
+    "EXIT_INTEGRITY",
     "EXIT_IN_USE",
     "EXIT_NOT_FOUND",
     "EXIT_NOT_SUPPORTED",
     "EXIT_NO_RESOURCES",
+    "EXIT_REGISTRY",
     "EXIT_USAGE",
     "CommandError",
     "State",
@@ -55,6 +58,9 @@ EXIT_ALREADY_EXISTS = 6
 EXIT_IN_USE = 7
 EXIT_NO_RESOURCES = 8
 EXIT_BAD_STATE = 9
+EXIT_INTEGRITY = 10
+EXIT_REGISTRY = 11
+EXIT_AUTH = 12
 
 # Out of a resource that freeing or raising a limit fixes: disk space, a
 # quota, processes (fork's EAGAIN), open files, memory.  Checked before the
@@ -85,6 +91,9 @@ _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (errors.InUseError, EXIT_IN_USE),
     (errors.QuotaExceededError, EXIT_NO_RESOURCES),
     (errors.StateError, EXIT_BAD_STATE),
+    (errors.IntegrityError, EXIT_INTEGRITY),
+    (errors.AuthenticationError, EXIT_AUTH),
+    (errors.RegistryError, EXIT_REGISTRY),
     (errors.LaminaError, EXIT_ERROR),
     (FileNotFoundError, EXIT_NOT_FOUND),
 )
@@ -102,6 +111,9 @@ Exit status:
   {EXIT_IN_USE}  the layer is in use (mounted, has children, or unmounted too often)
   {EXIT_NO_RESOURCES}  out of resources: disk full, size limit, process or open-file limit
   {EXIT_BAD_STATE}  the store's state is inconsistent: run `lamina layer cleanup`
+  {EXIT_INTEGRITY}  bytes do not match their digest (a blob, manifest or stored layer)
+  {EXIT_REGISTRY}  the registry failed or refused the request
+  {EXIT_AUTH}  the registry refused the credentials (none, wrong or not enough)
 """
 
 
