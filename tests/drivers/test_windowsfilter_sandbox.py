@@ -14,7 +14,8 @@ from test_windowsfilter_fixtures import base_layer, diff_layer_1, go_layer
 
 from lamina import drivers
 from lamina._fs import _sandbox
-from lamina.drivers.windowsfilter import DEFAULT_SANDBOX_SIZE, WindowsFilterDriver, parse_size
+from lamina._units import ram_in_bytes
+from lamina.drivers.windowsfilter import DEFAULT_SANDBOX_SIZE, WindowsFilterDriver
 from lamina.errors import InvalidArgumentError, QuotaNotSupportedError
 
 
@@ -31,12 +32,22 @@ def driver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[WindowsF
     d.cleanup()
 
 
-def test_parse_size_follows_docker_units() -> None:
-    assert parse_size("50M") == 50 * 1024 * 1024
-    assert parse_size("127GB") == DEFAULT_SANDBOX_SIZE
-    assert parse_size("1.5k") == 1536
+@pytest.mark.parametrize("size", ["1.2.3G", "lots", "-1k", "1x"])
+def test_a_bad_size_is_a_typed_error_not_a_traceback(
+    driver: WindowsFilterDriver, size: str
+) -> None:
+    """One size parser (lamina._units): ``1.2.3G`` leaked a bare ValueError."""
     with pytest.raises(InvalidArgumentError):
-        parse_size("lots")
+        driver.create_read_write("bad", "L1", storage_opt={"size": size})
+    assert not driver.exists("bad")
+
+
+def test_sizes_read_as_docker_units(driver: WindowsFilterDriver) -> None:
+    """``.5k`` and ``1e3`` are go-units sizes; the driver's own parser refused them."""
+    assert ram_in_bytes("127GB") == DEFAULT_SANDBOX_SIZE
+    driver.create_read_write("box", "L1")
+    with pytest.raises(InvalidArgumentError):
+        driver.expand_sandbox_size("box", "1.2.3G")
 
 
 def test_sandbox_starts_as_the_merged_parent_and_diffs_windows_style(

@@ -47,7 +47,6 @@ import gzip
 import io
 import json
 import os
-import re
 import stat
 import subprocess
 import sys
@@ -72,6 +71,7 @@ from lamina._fs import (
     rename_noreplace,
     unmount_below,
 )
+from lamina._units import ram_in_bytes
 from lamina.archive._tarsplit import assemble, read_records
 from lamina.archive._wintar import MUTATED_FILES
 from lamina.drivers._base import Driver, FileGetter, StorageOpts, validate_id
@@ -111,7 +111,7 @@ from lamina.errors import (
     UnsafeArchiveError,
 )
 
-__all__ = ["DEFAULT_SANDBOX_SIZE", "WindowsFilterDriver", "parse_size"]
+__all__ = ["DEFAULT_SANDBOX_SIZE", "WindowsFilterDriver"]
 
 #: The seed's default sandbox size, 127 GB in Docker's (binary) units.
 DEFAULT_SANDBOX_SIZE = 127 * 1024**3
@@ -143,8 +143,6 @@ UNSUPPORTED_FILESYSTEMS = frozenset(
         "hfsplus",
     }
 )
-_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)*) ?([kKmMgGtTpP])?[iI]?[bB]?$")
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 _ERRORS: dict[str, type[LaminaError]] = {
     cls.__name__: cls
     for cls in (
@@ -158,14 +156,6 @@ _ERRORS: dict[str, type[LaminaError]] = {
         ArchiveTooLargeError,
     )
 }
-
-
-def parse_size(value: str) -> int:
-    """Docker's ``units.RAMInBytes``: ``50M`` is 50 MiB."""
-    m = _SIZE_RE.match(value.strip())
-    if not m:
-        raise InvalidArgumentError(f"invalid size: {value!r}")
-    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
 
 
 def _filesystem_type(path: Path) -> str:
@@ -366,7 +356,7 @@ class WindowsFilterDriver(Driver):
                 raise InvalidArgumentError(
                     f"storage option {key} is not supported by windowsfilter"
                 )
-            size = parse_size(value)
+            size = ram_in_bytes(value)
             explicit = True
         backing = "dir"
         if self.sandbox_mode == "loop" or (explicit and self.sandbox_mode == "auto"):
@@ -426,7 +416,7 @@ class WindowsFilterDriver(Driver):
         meta = self._meta(rid)
         if meta.kind != _layout.KIND_SANDBOX:
             raise InvalidArgumentError(f"layer {id} is not a read-write layer")
-        new = parse_size(size) if isinstance(size, str) else int(size)
+        new = ram_in_bytes(size) if isinstance(size, str) else int(size)
         if new <= meta.sandbox_size:
             return
         if meta.sandbox_backing == "loop":
