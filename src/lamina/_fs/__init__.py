@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from lamina._fs._mount import (
         MNT_DETACH,
         MountInfo,
+        fs_type,
         is_mountpoint,
         mount_spec,
         mountinfo,
@@ -84,6 +85,7 @@ __all__ += [  # mounts, kernel probes, quotas, shared mount counts (overlay driv
     "SharedMounter",
     "backing_fs",
     "create_image",
+    "fs_type",
     "image_is_mounted",
     "is_mountpoint",
     "mount_image",
@@ -116,6 +118,7 @@ _LAZY = {
     "copy_tree": "lamina._fs._copy",
     "MNT_DETACH": "lamina._fs._mount",
     "MountInfo": "lamina._fs._mount",
+    "fs_type": "lamina._fs._mount",
     "is_mountpoint": "lamina._fs._mount",
     "mount_spec": "lamina._fs._mount",
     "mountinfo": "lamina._fs._mount",

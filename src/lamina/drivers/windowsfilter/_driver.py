@@ -64,6 +64,7 @@ from lamina._fs import (
     Mounter,
     _sandbox,
     exchange_dirs,
+    fs_type,
     made_by_other_live_process,
     make_staging_dir,
     mount_spec,
@@ -158,24 +159,6 @@ _ERRORS: dict[str, type[LaminaError]] = {
 }
 
 
-def _filesystem_type(path: Path) -> str:
-    target = os.path.realpath(path)
-    best, fstype = "", "unknown"
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                fields = line.split()
-                sep = fields.index("-")
-                point = fields[4].encode().decode("unicode_escape")
-                if (target == point or target.startswith(point.rstrip("/") + "/")) and len(
-                    point
-                ) >= len(best):
-                    best, fstype = point, fields[sep + 1]
-    except (OSError, ValueError, IndexError):
-        return "unknown"
-    return fstype
-
-
 class _Getter:
     """Serves a layer's bodies by tar entry name (the seed's fileGetCloser)."""
 
@@ -238,7 +221,7 @@ class WindowsFilterDriver(Driver):
         probe = home
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
-        self.backing_fs = _filesystem_type(probe)
+        self.backing_fs = fs_type(probe)
         if self.backing_fs in UNSUPPORTED_FILESYSTEMS:
             raise IncompatibleFilesystemError(
                 f"{home} is on a {self.backing_fs} filesystem - "
