@@ -149,6 +149,7 @@ def test_vfs_commands_load_only_their_own_code(tmp_path: Path, command: str) -> 
         "lamina.drivers.overlay",
         "lamina._fs._copy",  # a layer without parent is not copied
         "lamina._fs._quota",
+        "lamina._fs._loopimage",
         "lamina._fs._probe",
         "lamina._fs._refstore",
         "subprocess",

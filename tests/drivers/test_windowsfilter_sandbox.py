@@ -13,7 +13,7 @@ import pytest
 from test_windowsfilter_fixtures import base_layer, diff_layer_1, go_layer
 
 from lamina import drivers
-from lamina._fs import _sandbox
+from lamina._fs import loop_supported
 from lamina._units import ram_in_bytes
 from lamina.drivers.windowsfilter import DEFAULT_SANDBOX_SIZE, WindowsFilterDriver
 from lamina.errors import InvalidArgumentError, QuotaNotSupportedError
@@ -120,7 +120,7 @@ def test_size_without_loop_support_is_refused(tmp_path: Path) -> None:
 
 
 needs_loop = pytest.mark.skipif(
-    not _sandbox.loop_supported(), reason="needs root, /dev/loop-control and mkfs.ext4"
+    not loop_supported(), reason="needs root, /dev/loop-control and mkfs.ext4"
 )
 
 

@@ -71,6 +71,8 @@ from lamina._fs import (
     RefStore,
     SharedMounter,
     create_image,
+    grow_image,
+    grow_mounted_image,
     image_is_mounted,
     made_by_other_live_process,
     make_staging_dir,
@@ -92,7 +94,6 @@ from lamina._fs import (
     write_file_atomic,
 )
 from lamina._fs._probe import ProbeFile, fs_identity, fs_name
-from lamina._fs._quota import grow_image, grow_mounted_image
 from lamina._units import ram_in_bytes
 from lamina.archive._overlay_changes import overlay_changes, upper_size
 from lamina.archive._whiteout import OVERLAY_OPAQUE_XATTR

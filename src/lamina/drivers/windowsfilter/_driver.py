@@ -62,15 +62,19 @@ from lamina._change import Change, ChangeKind
 from lamina._fs import (
     Mount,
     Mounter,
-    _sandbox,
+    create_image,
     exchange_dirs,
     fs_type,
+    grow_image,
+    loop_supported,
     made_by_other_live_process,
     make_staging_dir,
+    mount_image,
     mount_spec,
     remove_tree,
     rename_noreplace,
     unmount_below,
+    unmount_image,
 )
 from lamina._units import ram_in_bytes
 from lamina.archive._tarsplit import assemble, read_records
@@ -315,7 +319,7 @@ class WindowsFilterDriver(Driver):
                 raise
         except BaseException:
             if os.path.ismount(staging / _layout.SANDBOX_DIR):
-                _sandbox.unmount_image(staging / _layout.SANDBOX_DIR)
+                unmount_image(staging / _layout.SANDBOX_DIR)
             remove_tree(staging)
             raise
         finally:
@@ -343,7 +347,7 @@ class WindowsFilterDriver(Driver):
             explicit = True
         backing = "dir"
         if self.sandbox_mode == "loop" or (explicit and self.sandbox_mode == "auto"):
-            if not _sandbox.loop_supported():
+            if not loop_supported():
                 raise QuotaNotSupportedError(
                     "windowsfilter enforces a sandbox size with a loop-mounted image, which needs "
                     "root, /dev/loop-control and mkfs.ext4"
@@ -376,8 +380,8 @@ class WindowsFilterDriver(Driver):
         index = merge_chain(self._chain_layers(chain))
         if meta.sandbox_backing == "loop":
             image = staging / _layout.SANDBOX_IMAGE
-            _sandbox.make_image(image, meta.sandbox_size)
-            _sandbox.mount_image(image, box)
+            create_image(image, meta.sandbox_size)
+            mount_image(image, box)
         try:
             os.mkdir(box / "Files", 0o755)
             try:
@@ -391,7 +395,7 @@ class WindowsFilterDriver(Driver):
                 raise
         finally:
             if meta.sandbox_backing == "loop":
-                _sandbox.unmount_image(box)
+                unmount_image(box)
 
     def expand_sandbox_size(self, id: str, size: str | int) -> None:
         """Grow a sandbox to ``size`` (the seed's ``ExpandSandboxSize``); never shrinks."""
@@ -405,7 +409,7 @@ class WindowsFilterDriver(Driver):
         if meta.sandbox_backing == "loop":
             if self._mounter.count(rid):
                 raise InUseError(f"layer {id} is in use; put it before growing it")
-            _sandbox.grow_image(self._dir(rid) / _layout.SANDBOX_IMAGE, new)
+            grow_image(self._dir(rid) / _layout.SANDBOX_IMAGE, new)
         meta.sandbox_size = new
         _layout.write_meta(self._dir(rid), meta)
 
@@ -427,7 +431,7 @@ class WindowsFilterDriver(Driver):
     def _destroy(self, folder: Path) -> None:
         box = folder / _layout.SANDBOX_DIR
         if os.path.ismount(box):
-            _sandbox.unmount_image(box)
+            unmount_image(box)
         _clear_view(folder / _layout.LAMINA_DIR / _layout.VIEW)
         remove_tree(folder)
 
@@ -514,7 +518,7 @@ class WindowsFilterDriver(Driver):
 
     def _do_mount(self, mount: Mount) -> None:
         if mount.type == "ext4":
-            _sandbox.mount_image(mount.source, mount.target)
+            mount_image(mount.source, mount.target)
             return
         _clear_view(mount.target)
         if mount.type == "overlay":
@@ -546,7 +550,7 @@ class WindowsFilterDriver(Driver):
     def _do_unmount(self, mount: Mount) -> None:
         if mount.type == "ext4":
             if os.path.ismount(mount.target):
-                _sandbox.unmount_image(mount.target)
+                unmount_image(mount.target)
             return
         _clear_view(mount.target)
 
