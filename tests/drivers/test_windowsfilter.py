@@ -236,7 +236,9 @@ def test_remove_renames_then_deletes_and_cleanup_sweeps(driver: WindowsFilterDri
     driver.remove("L2")
     assert not driver.exists("L2") and not (driver.home / "L2-removing").exists()
     driver.remove("L2")  # missing is fine
-    # a crash after the rename leaves <id>-removing behind; cleanup removes it
+    # a crash after the rename leaves <id>-removing behind, with the record that
+    # remove writes first; cleanup finishes it
+    (driver.home / "L1/.lamina/removing").write_text("L1-removing")
     os.rename(driver.home / "L1", driver.home / "L1-removing")
     stale = driver.home / ".lamina-staging" / "x.999999999.abc"
     stale.mkdir(parents=True)

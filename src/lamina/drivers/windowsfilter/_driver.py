@@ -60,8 +60,11 @@ import lamina
 from lamina import archive
 from lamina._change import Change, ChangeKind
 from lamina._fs import (
+    DETACHED,
     Mount,
     Mounter,
+    RefStore,
+    SharedMounter,
     create_image,
     exchange_dirs,
     fs_type,
@@ -71,10 +74,13 @@ from lamina._fs import (
     make_staging_dir,
     mount_image,
     mount_spec,
+    mounts_below,
     remove_tree,
     rename_noreplace,
+    retire_dir,
     unmount_below,
     unmount_image,
+    write_file_atomic,
 )
 from lamina._units import ram_in_bytes
 from lamina.archive._tarsplit import assemble, read_records
@@ -127,6 +133,11 @@ _VIEW_MODES = ("auto", "overlay", "materialise")
 _STAGING = ".lamina-staging"
 _MATERIALISED = "windowsfilter-view"
 _REMOVING = "-removing"
+#: In ``.lamina/`` of a folder being removed: the name it is renamed to.
+_REMOVAL_RECORD = "removing"
+_RUN = ".run"
+#: A sandbox kept in a plain directory: nothing to mount, but its holds are counted.
+_SANDBOX_DIR_VIEW = "windowsfilter-sandbox-dir"
 #: Filesystems that cannot hold layer folders: they fold case (two Windows
 #: names differing in case are one file, but Linux tools see both), cannot
 #: hard-link (cross-layer links, views) or are read-only.
@@ -244,7 +255,34 @@ class WindowsFilterDriver(Driver):
         self._in_flight: set[str] = set()
 
     def _make_mounter(self) -> Mounter:
-        return Mounter(self._do_mount, self._do_unmount)
+        # Holds are counted across processes in one RefStore (as the overlay
+        # driver counts them): a view another process reads is never
+        # unmounted or rebuilt by this one, and ``lamina mount`` holds
+        # (``_hold_store``) are counted in the same table.
+        self._store = RefStore(self.home / _RUN)
+        return _ViewMounter(self._store, self._do_mount, self._do_unmount)
+
+    def _hold_store(self) -> RefStore:
+        return self._store
+
+    def _view_target(self, rid: str) -> Path:
+        """Where the layer's view appears (what the hold store counts)."""
+        layer = self._dir(rid)
+        if _layout.read_meta(layer).kind == _layout.KIND_SANDBOX:
+            return layer / _layout.SANDBOX_DIR
+        return layer / _layout.LAMINA_DIR / _layout.VIEW
+
+    def _held_elsewhere(self, rid: str) -> bool:
+        """Whether any live process (this one included) holds a view of the layer.
+
+        Asks the hold store only: callers check this process's mounter first,
+        outside the store lock (the mounter's lock is always taken first).
+        """
+        try:
+            target = self._view_target(rid)
+        except LaminaError:  # no metadata: nothing can hold a view of it
+            return False
+        return bool(self._store.holders(str(target)))
 
     # -- paths and ids ---------------------------------------------------------
 
@@ -407,26 +445,60 @@ class WindowsFilterDriver(Driver):
         if new <= meta.sandbox_size:
             return
         if meta.sandbox_backing == "loop":
-            if self._mounter.count(rid):
+            if self._mounter.count(rid) or self._held_elsewhere(rid):
                 raise InUseError(f"layer {id} is in use; put it before growing it")
             grow_image(self._dir(rid) / _layout.SANDBOX_IMAGE, new)
         meta.sandbox_size = new
         _layout.write_meta(self._dir(rid), meta)
 
     def remove(self, id: str) -> None:
-        """Rename to ``<id>-removing``, then delete; a missing layer is fine."""
+        """Mark, rename aside, then delete; a missing layer is fine.
+
+        The folder is renamed to the seed's ``<id>-removing`` after a record
+        naming that target is written into its ``.lamina/`` (see
+        :func:`_is_removal`): ``cleanup`` finishes only removals it has a
+        record of, so a real layer whose id happens to end in ``-removing``
+        is never mistaken for one.  When that name is taken by such a layer
+        (or is longer than a file name may be), the folder goes into the
+        staging area instead, under a name recording this process.
+        """
         rid = self._resolve(id)
         if self._mounter.count(rid):
             raise InUseError(f"layer {id} is in use")
         layer = self._dir(rid)
-        tmp = self.home / f"{rid}{_REMOVING}"
-        if os.path.lexists(tmp):
-            self._destroy(tmp)
-        try:
-            os.rename(layer, tmp)
-        except FileNotFoundError:
-            return
-        self._destroy(tmp)
+        with self._store.locked():  # no other process's get can start in between
+            if self._held_elsewhere(rid):
+                raise InUseError(f"layer {id} is in use by another process")
+            if not os.path.isdir(layer) or os.path.islink(layer):
+                return
+            aside = self._removal_target(rid)
+            if aside is None:
+                gone = retire_dir(layer, self.home / _STAGING, rid)
+            else:
+                os.makedirs(layer / _layout.LAMINA_DIR, mode=0o700, exist_ok=True)
+                record = layer / _layout.LAMINA_DIR / _REMOVAL_RECORD
+                write_file_atomic(record, os.fsencode(aside.name), 0o600)
+                try:
+                    os.rename(layer, aside)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(record)
+                    raise
+                gone = aside
+        if gone is not None:
+            self._destroy(gone)
+
+    def _removal_target(self, rid: str) -> Path | None:
+        """``<id>-removing`` if that name is free for a removal, else None."""
+        name = f"{rid}{_REMOVING}"
+        if len(os.fsencode(name)) > 255:  # NAME_MAX
+            return None
+        aside = self.home / name
+        if os.path.lexists(aside):
+            if not _is_removal(aside):
+                return None  # a layer of that name: leave it alone
+            self._destroy(aside)  # an earlier removal's leftover
+        return aside
 
     def _destroy(self, folder: Path) -> None:
         box = folder / _layout.SANDBOX_DIR
@@ -463,7 +535,13 @@ class WindowsFilterDriver(Driver):
         return {"dir": str(self._dir(rid))}
 
     def cleanup(self) -> None:
-        """Release every view, then sweep ``-removing`` folders and stale imports."""
+        """Release this process's views and every detached one; sweep what crashes left.
+
+        Views are unmounted (or, materialised, deleted) only when no live
+        process holds them; a crashed holder's loop-mounted sandbox is
+        unmounted.  Removals are finished only where our own record says
+        so, and staging folders only where their maker is dead.
+        """
         super().cleanup()
         with self._lock:
             in_flight = set(self._in_flight)
@@ -471,13 +549,20 @@ class WindowsFilterDriver(Driver):
             names = os.listdir(self.home)
         except FileNotFoundError:
             return
-        for name in names:
-            path = self.home / name
-            if name.endswith(_REMOVING) and path.is_dir():
-                self._destroy(path)
-            elif path.is_dir() and name != _STAGING:
-                if (path / _layout.LAMINA_DIR / _layout.VIEW).exists():
-                    _clear_view(path / _layout.LAMINA_DIR / _layout.VIEW)
+        with self._store.locked() as table:
+            for holders in table.values():
+                holders.pop(DETACHED, None)
+            self._store.reconcile(self._view_mounts(), unmount=_unmount_view)
+            for name in names:
+                path = self.home / name
+                if name in (_STAGING, _RUN) or not path.is_dir() or path.is_symlink():
+                    continue
+                if _is_removal(path):
+                    self._destroy(path)
+                    continue
+                view = path / _layout.LAMINA_DIR / _layout.VIEW
+                if os.path.lexists(view) and not self._store.holders(str(view)):
+                    _clear_view(view)
                 sweep_plan_leftovers(path)
         staging = self.home / _STAGING
         try:
@@ -489,6 +574,19 @@ class WindowsFilterDriver(Driver):
                 continue
             self._destroy(staging / name)
 
+    def _view_mounts(self) -> list[str]:
+        """Kernel mounts of views and sandboxes under the home (held or not)."""
+        found = []
+        for m in mounts_below(self.home):
+            point = Path(m.mountpoint)
+            if (point.parent.parent == self.home and point.name == _layout.SANDBOX_DIR) or (
+                point.parent.parent.parent == self.home
+                and point.parent.name == _layout.LAMINA_DIR
+                and point.name == _layout.VIEW
+            ):
+                found.append(m.mountpoint)
+        return found
+
     # -- views -----------------------------------------------------------------
 
     def _mount_spec(self, id: str, mount_label: str) -> Mount:
@@ -498,7 +596,8 @@ class WindowsFilterDriver(Driver):
             box = layer / _layout.SANDBOX_DIR
             if meta.sandbox_backing == "loop":
                 return Mount("ext4", str(layer / _layout.SANDBOX_IMAGE), box, ("loop",))
-            return Mount("direct", str(box), box)
+            # not "direct": a plain sandbox's holds are counted across processes too
+            return Mount(_SANDBOX_DIR_VIEW, str(box), box)
         target = layer / _layout.LAMINA_DIR / _layout.VIEW
         materialised = Mount(_MATERIALISED, id, target)
         if self._overlay_off:
@@ -517,9 +616,17 @@ class WindowsFilterDriver(Driver):
         return spec if spec is not None else materialised
 
     def _do_mount(self, mount: Mount) -> None:
+        if mount.type == _SANDBOX_DIR_VIEW:
+            return
         if mount.type == "ext4":
             mount_image(mount.source, mount.target)
             return
+        if (
+            mount.type == _MATERIALISED
+            and os.path.isdir(mount.target)
+            and self._store.holders(str(mount.target))
+        ):
+            return  # materialised by a live holder (another process): share it
         _clear_view(mount.target)
         if mount.type == "overlay":
             os.mkdir(mount.target, 0o700)
@@ -548,6 +655,8 @@ class WindowsFilterDriver(Driver):
             raise
 
     def _do_unmount(self, mount: Mount) -> None:
+        if mount.type == _SANDBOX_DIR_VIEW:
+            return
         if mount.type == "ext4":
             if os.path.ismount(mount.target):
                 unmount_image(mount.target)
@@ -565,6 +674,17 @@ class WindowsFilterDriver(Driver):
     def put(self, id: str) -> None:
         """Release one ``get``."""
         super().put(self._resolve(id))
+
+    def mount(self, id: str, mount_label: str = "") -> Path:
+        """``get``'s path (a sandbox's ``Files`` tree), held until ``unmount``."""
+        path = super().mount(self._resolve(id), mount_label)
+        if path.name == _layout.SANDBOX_DIR:
+            return path / "Files"
+        return path
+
+    def unmount(self, id: str) -> None:
+        """Release one ``mount``, from any process."""
+        super().unmount(self._resolve(id))
 
     def _index_of(self, rid: str) -> dict[str, Node]:
         layer = self._dir(rid)
@@ -607,7 +727,7 @@ class WindowsFilterDriver(Driver):
             _layout.write_layer_chain(staging, chain)
             self._plan_overlay(staging, chain)
             if layer.exists():
-                if self._mounter.count(id):
+                if self._mounter.count(id) or self._held_elsewhere(id):
                     raise InUseError(f"layer {id} is in use")
                 exchange_dirs(staging, layer)
                 self._destroy(staging)
@@ -826,6 +946,38 @@ def _overlay_unavailable() -> str:
     except OSError as exc:
         return f"cannot read /proc/filesystems: {exc}"
     return ""
+
+
+class _ViewMounter(SharedMounter):
+    """Holds counted across processes; a materialised view goes at the last one.
+
+    A materialised view is a directory, not a kernel mount, so the store
+    (which unmounts only what mountinfo lists) would leave it behind: it
+    is deleted here, under the store lock, when no live holder is left.
+    """
+
+    def _shared_unmount(self, spec: Mount) -> None:
+        with self.store.locked():
+            super()._shared_unmount(spec)
+            if spec.type == _MATERIALISED and not self.store.holders(str(spec.target)):
+                _clear_view(spec.target)
+
+
+def _is_removal(folder: Path) -> bool:
+    """Whether ``folder`` is a removal of ours: its record names the folder itself."""
+    try:
+        with open(folder / _layout.LAMINA_DIR / _REMOVAL_RECORD, "rb") as f:
+            return os.fsdecode(f.read(512)) == folder.name
+    except OSError:
+        return False
+
+
+def _unmount_view(target: str) -> None:
+    """Undo a view nobody alive holds: unmount a sandbox image, delete a view."""
+    if os.path.basename(target) == _layout.SANDBOX_DIR:
+        unmount_image(target)
+    else:
+        _clear_view(Path(target))
 
 
 def _clear_view(path: Path) -> None:
