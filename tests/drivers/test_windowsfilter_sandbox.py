@@ -151,3 +151,20 @@ def test_size_is_enforced_with_enospc_and_can_grow(driver: WindowsFilterDriver) 
     assert "A /bigfile" in {str(c) for c in driver.changes("quota")}
     driver.remove("quota")
     assert not (driver.home / "quota").exists()
+
+
+def test_a_sandbox_keeps_its_parents_hard_link_groups(driver: WindowsFilterDriver) -> None:
+    """A hard link in the parent (``bin/ash`` = ``bin/sh``) stays one file in the copy."""
+    driver.create_read_write("box", "L0")
+    root = driver.get("box")
+    try:
+        app = root / "Program Files/app.exe"
+        link = root / "Windows/System32/app-hardlink.exe"
+        assert app.stat().st_ino == link.stat().st_ino and app.stat().st_nlink == 2
+        parent = driver.home / "L0" / "Files" / "Program Files/app.exe"
+        assert app.stat().st_ino != parent.stat().st_ino  # a copy, not the parent's file
+        app.write_bytes(b"changed through one name")
+        assert link.read_bytes() == b"changed through one name"
+        assert parent.read_bytes() != b"changed through one name"
+    finally:
+        driver.put("box")
