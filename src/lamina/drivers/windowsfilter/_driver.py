@@ -703,7 +703,20 @@ class WindowsFilterDriver(Driver):
     # -- diffs -----------------------------------------------------------------
 
     def apply_diff(self, id: str, parent: str | None, diff: BinaryIO) -> int:
-        """Import a Windows layer tar (plain, gzip or zstd); returns the seed's size."""
+        """Import a Windows layer tar (plain, gzip or zstd); returns the seed's size.
+
+        A system call that fails (a full disk, a quota) is an ArchiveError
+        carrying its errno, as from the other drivers; the layer is left as
+        it was.
+        """
+        try:
+            return self._apply_diff(id, parent, diff)
+        except LaminaError:
+            raise
+        except OSError as exc:
+            raise _apply_error(id, exc.errno, exc.strerror or str(exc), exc.filename) from exc
+
+    def _apply_diff(self, id: str, parent: str | None, diff: BinaryIO) -> int:
         validate_id(id)
         layer = self._dir(id)
         if layer.exists():
@@ -837,11 +850,15 @@ class WindowsFilterDriver(Driver):
             return int(result["size"])
         name = str(result.get("error"))
         message = str(result.get("message"))
+        code = result.get("errno")
+        code = code if isinstance(code, int) else None
         if name == "OSError":
-            code = result.get("errno")
-            raise OSError(code or errno.EIO, message)
+            # the helper's message is str() of its OSError: "[Errno n] text: 'path'"
+            raise _apply_error(staging.name.rsplit(".", 2)[0], code, message, None)
         cls = _ERRORS.get(name, StateError)
-        raise cls(message if name in _ERRORS else f"re-exec error: {message}: {err_text}")
+        if name in _ERRORS:
+            raise cls(message, errno=code)
+        raise cls(f"re-exec error: {message}: {err_text}", errno=code)
 
     def _views(
         self, id: str, parent: str | None
@@ -946,6 +963,17 @@ def _overlay_unavailable() -> str:
     except OSError as exc:
         return f"cannot read /proc/filesystems: {exc}"
     return ""
+
+
+def _apply_error(id: str, code: int | None, message: str, filename: object) -> ArchiveError:
+    """The typed error for a failed system call while importing layer ``id``."""
+    what = message
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        what = "no space left" if code == errno.ENOSPC else "disk quota exceeded"
+        what = f"{what} on the layer's filesystem ({message})"
+    elif filename is not None:
+        what = f"{message}: {filename}"
+    return ArchiveError(f"applying layer {id} failed: {what}", errno=code or errno.EIO)
 
 
 class _ViewMounter(SharedMounter):
