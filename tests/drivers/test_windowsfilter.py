@@ -25,7 +25,7 @@ from test_windowsfilter_fixtures import (
 )
 
 from lamina import Change, ChangeKind, drivers
-from lamina.archive._wintar import PAX_CREATIONTIME, PAX_MOUNTPOINT, PAX_RAWSD
+from lamina.archive.windows import PAX_CREATIONTIME, PAX_MOUNTPOINT, PAX_RAWSD
 from lamina.drivers.windowsfilter import WindowsFilterDriver
 from lamina.errors import AlreadyExistsError, ArchiveError, NotFoundError
 
