@@ -211,3 +211,21 @@ def test_get_after_a_dead_holder_without_cleanup(root: Path) -> None:
         assert (files / "Users/Public/new.txt").is_file()
     finally:
         d.put("quota")
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not loop_supported(), reason="needs root, /dev/loop-control and mkfs.ext4")
+def test_expand_after_a_dead_holder_grows_the_unmounted_image(root: Path) -> None:
+    """The dead holder's mount is undone first: resize2fs never works on a mounted image."""
+    d = _open(root)
+    d.create_read_write("quota", "L1", storage_opt={"size": "64M"})
+    done = _other_process(root, 'd.get("quota")\nos.kill(os.getpid(), 9)\n')
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    d.expand_sandbox_size("quota", "96M")
+    assert (d.home / "quota" / "sandbox.img").stat().st_size == 96 * 1024 * 1024
+    files = d.get("quota")
+    try:
+        st = os.statvfs(files)
+        assert st.f_blocks * st.f_frsize > 80 * 1024 * 1024
+    finally:
+        d.put("quota")

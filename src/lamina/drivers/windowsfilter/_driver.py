@@ -447,9 +447,21 @@ class WindowsFilterDriver(Driver):
         if new <= meta.sandbox_size:
             return
         if meta.sandbox_backing == "loop":
-            if self._mounter.count(rid) or self._held_elsewhere(rid):
+            if self._mounter.count(rid):
                 raise InUseError(f"layer {id} is in use; put it before growing it")
-            grow_image(self._dir(rid) / _layout.SANDBOX_IMAGE, new)
+            box = self._dir(rid) / _layout.SANDBOX_DIR
+            with self._store.locked():  # no get may mount it while the tools work
+                if self._held_elsewhere(rid):
+                    raise InUseError(f"layer {id} is in use; put it before growing it")
+                try:
+                    # a dead holder's leaked mount: e2fsck and resize2fs need it unmounted
+                    unmount_image(box, lazy=False)
+                    grow_image(self._dir(rid) / _layout.SANDBOX_IMAGE, new)
+                except OSError as exc:
+                    raise StateError(
+                        f"cannot grow the sandbox of layer {id}: {exc.strerror or exc}",
+                        errno=exc.errno,
+                    ) from exc
         meta.sandbox_size = new
         _layout.write_meta(self._dir(rid), meta)
 
