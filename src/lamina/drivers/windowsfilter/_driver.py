@@ -84,9 +84,7 @@ from lamina._fs import (
 )
 from lamina._units import ram_in_bytes
 from lamina.archive._tarsplit import assemble, read_records
-from lamina.archive.windows import (
-    MUTATED_FILES,
-)
+from lamina.archive.windows import MUTATED_FILES
 from lamina.drivers._base import Driver, FileGetter, StorageOpts, validate_id
 from lamina.drivers.windowsfilter import _layout
 from lamina.drivers.windowsfilter._confine import PARENT_PID_ENV

@@ -25,9 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lamina._change import Change, ChangeKind
-from lamina.archive.windows import (
-    fold,
-)
+from lamina.archive.windows import fold
 from lamina.drivers.windowsfilter._layout import LAMINA_DIR, STREAMS, LayerMeta
 
 __all__ = [
