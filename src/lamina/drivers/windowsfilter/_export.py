@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from lamina._change import Change, ChangeKind
-from lamina.archive._wintar import (
+from lamina.archive.windows import (
     C_ISLNK,
     C_ISREG,
     FILE_ATTRIBUTE_ARCHIVE,
