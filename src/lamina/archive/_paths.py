@@ -139,18 +139,19 @@ def _walk(base_fd: int, parts: list[str]) -> int:
     return fd
 
 
-def open_dir_beneath(base_fd: int, rel: str) -> int:
+def open_dir_beneath(base_fd: int, rel: str, *, use_openat2: bool = True) -> int:
     """A new read-only descriptor of directory ``rel`` beneath ``base_fd``, crossing no symlink.
 
     ``rel`` is plain components joined by ``/`` (see :func:`split_entry_name`);
     ``""`` gives a new descriptor of ``base_fd`` itself.  Raises ``OSError``:
     ``ENOENT`` for a missing component, ``ELOOP`` for a symlink, ``ENOTDIR``
-    for a non-directory.
+    for a non-directory.  ``use_openat2=False`` forces the per-component walk
+    (the apply engine's switch, so its tests can run the fallback).
     """
     global _use_openat2
     if "/" not in rel:
         return os.open(rel or ".", _DIR_FLAGS, dir_fd=base_fd)
-    if _openat2_works():
+    if use_openat2 and _openat2_works():
         from lamina.archive import _openat2
 
         try:
