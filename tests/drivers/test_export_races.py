@@ -28,7 +28,7 @@ import pytest
 
 from lamina import drivers
 from lamina.drivers._base import Driver
-from lamina.errors import LaminaError, LayerChangedError
+from lamina.errors import LaminaError, LayerChangedError, NotFoundError
 
 SENTINEL = b"HOST-SECRET-4be07a"
 BIG = 8 << 20  # past the pipe, the writer's buffer and one buffered read
@@ -197,3 +197,30 @@ def test_file_swapped_for_a_host_disk_device(
         assert error is None or isinstance(error, LaminaError), repr(error)
     else:
         _assert_refused(data, error, "b-file")
+
+
+def _getter_name(driver: Driver, rel: str) -> str:
+    return f"Files/{rel}" if driver.name == "windowsfilter" else rel
+
+
+@pytest.mark.parametrize("swap", [swap_symlink, swap_fifo, swap_dir], ids=lambda f: f.__name__)
+def test_file_getter_serves_only_the_regular_file_at_a_name(
+    tmp_path: Path, layer: tuple[Driver, str, Path], swap: Swap
+) -> None:
+    """``diff_getter`` (tar-split replay) opens beneath the view and refuses anything swapped in.
+
+    Before, overlay's and windowsfilter's getters let a bare ``OSError``
+    out for a FIFO or a symlink at the name.
+    """
+    driver, id, view = layer
+    getter = driver.diff_getter(id)
+    try:
+        with getter.get(_getter_name(driver, "b-file")) as body:
+            assert body.read() == b"L" * 4096
+        name = "b-file" if swap is not swap_dir else "d"
+        swap(tmp_path, view, name)
+        wanted = "b-file" if swap is not swap_dir else "d/f"
+        with pytest.raises(NotFoundError):
+            getter.get(_getter_name(driver, wanted))
+    finally:
+        getter.close()
