@@ -254,3 +254,28 @@ def test_a_file_removed_after_the_listing_is_left_out(tmp_path: Path) -> None:
     data, error = _drain(stream, first)
     assert error is None
     assert b"b-file" not in data and b"layer d/f" in data
+
+
+def test_reading_on_after_the_error_never_gives_an_end_of_archive(tmp_path: Path) -> None:
+    """A caller that swallows the error and reads on must not get a tar that looks whole."""
+    root = _layer(tmp_path)
+    stream = export_tree(root)
+    first = stream.read(1)
+    swap_symlink_to_host_file(tmp_path, root, "b-file")
+    _, error = _drain_open(stream)
+    assert isinstance(error, LayerChangedError)
+    for _ in range(2):
+        with pytest.raises(LayerChangedError):
+            stream.read(1 << 16)
+    stream.close()
+    assert first
+
+
+def _drain_open(stream: BinaryIO) -> tuple[bytes, BaseException | None]:
+    chunks = []
+    try:
+        while chunk := stream.read(1 << 16):
+            chunks.append(chunk)
+    except Exception as exc:
+        return b"".join(chunks), exc
+    return b"".join(chunks), None

@@ -121,6 +121,7 @@ class _TarStream(io.RawIOBase):
         self._left = 0  # bytes of file content still owed for _fd
         self._pad = 0
         self._done = False
+        self._error: Exception | None = None
 
     def readable(self) -> bool:
         return True
@@ -131,6 +132,17 @@ class _TarStream(io.RawIOBase):
             self._fd = -1
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        # An error is sticky: a caller that reads on after it must never be
+        # given the end-of-archive marker, which would make a cut tar look whole.
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._fill(buffer)
+        except Exception as exc:
+            self._error = exc
+            raise
+
+    def _fill(self, buffer: memoryview | bytearray) -> int:
         out = memoryview(buffer).cast("B")
         want = len(out)
         n = 0
