@@ -17,6 +17,7 @@ the path (a :class:`~lamina.errors.LaminaError`).
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -279,3 +280,51 @@ def _drain_open(stream: BinaryIO) -> tuple[bytes, BaseException | None]:
     except Exception as exc:
         return b"".join(chunks), exc
     return b"".join(chunks), None
+
+
+# --- the primitive itself: one rule whether the kernel walks (openat2) or we do
+
+
+@pytest.mark.parametrize("use_openat2", [True, False], ids=["openat2", "walk"])
+def test_open_dir_beneath_never_crosses_a_symlink(tmp_path: Path, use_openat2: bool) -> None:
+    from lamina.archive import _paths
+
+    root = tmp_path / "root"
+    (root / "a" / "b").mkdir(parents=True)
+    os.symlink(_host(tmp_path), root / "a" / "link")
+    (root / "a" / "file").write_bytes(b"x")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.close(_paths.open_dir_beneath(fd, "a/b", use_openat2=use_openat2))
+        for rel in ("a/link", "a/link/x", "a/file", "a/file/x"):
+            with pytest.raises(OSError) as caught:
+                _paths.open_dir_beneath(fd, rel, use_openat2=use_openat2)
+            # the kernel says ELOOP or ENOTDIR for a symlink, ENOTDIR for a file
+            assert caught.value.errno in (errno.ELOOP, errno.ENOTDIR), rel
+    finally:
+        os.close(fd)
+
+
+def test_open_beneath_reaches_past_path_max_without_following(tmp_path: Path) -> None:
+    """openat2 gives up past PATH_MAX (ENAMETOOLONG); the walk takes over, with the same rule."""
+    from lamina.archive import open_beneath
+    from lamina.errors import NotFoundError
+
+    root = tmp_path / "root"
+    root.mkdir()
+    part = "d" * 200
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(25):  # 25 * 201 bytes: past PATH_MAX (4096)
+        os.mkdir(part, dir_fd=fd)
+        nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    with os.fdopen(os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as f:
+        f.write(b"deep")
+    os.symlink(_host(tmp_path) / "secret", "link", dir_fd=fd)
+    os.close(fd)
+    rel = "/".join([part] * 25)
+    with open_beneath(root, rel + "/f") as body:
+        assert body.read() == b"deep"
+    with pytest.raises(NotFoundError):
+        open_beneath(root, rel + "/link")

@@ -144,9 +144,10 @@ def open_dir_beneath(base_fd: int, rel: str, *, use_openat2: bool = True) -> int
 
     ``rel`` is plain components joined by ``/`` (see :func:`split_entry_name`);
     ``""`` gives a new descriptor of ``base_fd`` itself.  Raises ``OSError``:
-    ``ENOENT`` for a missing component, ``ELOOP`` for a symlink, ``ENOTDIR``
-    for a non-directory.  ``use_openat2=False`` forces the per-component walk
-    (the apply engine's switch, so its tests can run the fallback).
+    ``ENOENT`` for a missing component, ``ELOOP`` or ``ENOTDIR`` for a
+    symlink (the kernel's choice), ``ENOTDIR`` for another non-directory.
+    ``use_openat2=False`` forces the per-component walk (the apply engine's
+    switch, so its tests can run the fallback).
     """
     global _use_openat2
     if "/" not in rel:
