@@ -34,7 +34,7 @@ if TYPE_CHECKING:
         umount,
         unmount_below,
     )
-    from lamina._fs._mounter import Mount, Mounter
+    from lamina._fs._mounter import HoldingMounter, Mount, Mounter
     from lamina._fs._probe import (
         NativeDiffProbe,
         backing_fs,
@@ -55,15 +55,27 @@ if TYPE_CHECKING:
         unmount_image,
     )
     from lamina._fs._refstore import DETACHED, RefStore, SharedMounter
+    from lamina._fs._staging import (
+        DEFAULT_LOCK_TIMEOUT,
+        StagingArea,
+        layer_lock,
+        lock_is_free,
+        unlink_lock,
+    )
 
 __all__ = [
+    "DEFAULT_LOCK_TIMEOUT",
     "CopyStats",
+    "HoldingMounter",
     "Mount",
     "Mounter",
+    "StagingArea",
     "copy_tree",
     "exchange_dirs",
     "grow_image",
     "grow_mounted_image",
+    "layer_lock",
+    "lock_is_free",
     "made_by_other_live_process",
     "make_staging_dir",
     "remove_tree",
@@ -71,6 +83,7 @@ __all__ = [
     "retire_dir",
     "staging_name",
     "sync_filesystem",
+    "unlink_lock",
     "write_file_atomic",
 ]
 __all__ += [  # mounts, kernel probes, quotas, shared mount counts (overlay driver)
@@ -123,6 +136,7 @@ _LAZY = {
     "new_mount_api_supported": "lamina._fs._mount",
     "umount": "lamina._fs._mount",
     "unmount_below": "lamina._fs._mount",
+    "HoldingMounter": "lamina._fs._mounter",
     "Mount": "lamina._fs._mounter",
     "Mounter": "lamina._fs._mounter",
     "NativeDiffProbe": "lamina._fs._probe",
@@ -143,6 +157,11 @@ _LAZY = {
     "DETACHED": "lamina._fs._refstore",
     "RefStore": "lamina._fs._refstore",
     "SharedMounter": "lamina._fs._refstore",
+    "DEFAULT_LOCK_TIMEOUT": "lamina._fs._staging",
+    "StagingArea": "lamina._fs._staging",
+    "layer_lock": "lamina._fs._staging",
+    "lock_is_free": "lamina._fs._staging",
+    "unlink_lock": "lamina._fs._staging",
 }
 
 
