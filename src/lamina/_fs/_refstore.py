@@ -348,17 +348,35 @@ class SharedMounter(HoldingMounter):
     """A :class:`Mounter` whose first acquire / last release per process consult a RefStore.
 
     ``mount_fn``/``unmount_fn`` perform the real mount and unmount; they are
-    only called when no other live process holds the view.  Direct views
-    (a directory served as it is) are counted in the store too, with no
-    mount (:class:`HoldingMounter`): a hold is a hold, whatever serves it,
-    and ``remove`` in another process must see it.
+    only called when no other live process holds the view.  With
+    ``count_direct`` direct views (a directory served as it is) are counted
+    in the store too, with no mount (:class:`HoldingMounter`): a hold is a
+    hold, whatever serves it, and ``remove`` in another process must see it.
     """
 
-    def __init__(self, store: RefStore, mount_fn: MountFn, unmount_fn: UnmountFn) -> None:
+    def __init__(
+        self,
+        store: RefStore,
+        mount_fn: MountFn,
+        unmount_fn: UnmountFn,
+        *,
+        count_direct: bool = False,
+    ) -> None:
         self.store = store
         self._real_mount = mount_fn
         self._real_unmount = unmount_fn
+        self._count_direct = count_direct
         super().__init__(lambda: store, self._shared_mount, self._shared_unmount)
+
+    def _first_hold(self, mount: Mount) -> None:
+        if mount.is_direct and not self._count_direct:
+            return
+        super()._first_hold(mount)
+
+    def _last_release(self, mount: Mount) -> None:
+        if mount.is_direct and not self._count_direct:
+            return
+        super()._last_release(mount)
 
     def _shared_mount(self, spec: Mount) -> None:
         self.store.acquire(
