@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         rename_noreplace,
         retire_dir,
         staging_name,
+        sweep_atomic_writes,
         sync_filesystem,
         write_file_atomic,
     )
@@ -60,6 +61,8 @@ if TYPE_CHECKING:
         StagingArea,
         layer_lock,
         lock_is_free,
+        owner_alive,
+        owner_token,
         unlink_lock,
     )
 
@@ -78,10 +81,13 @@ __all__ = [
     "lock_is_free",
     "made_by_other_live_process",
     "make_staging_dir",
+    "owner_alive",
+    "owner_token",
     "remove_tree",
     "rename_noreplace",
     "retire_dir",
     "staging_name",
+    "sweep_atomic_writes",
     "sync_filesystem",
     "unlink_lock",
     "write_file_atomic",
@@ -123,6 +129,7 @@ _LAZY = {
     "rename_noreplace": "lamina._fs._atomic",
     "retire_dir": "lamina._fs._atomic",
     "staging_name": "lamina._fs._atomic",
+    "sweep_atomic_writes": "lamina._fs._atomic",
     "sync_filesystem": "lamina._fs._atomic",
     "write_file_atomic": "lamina._fs._atomic",
     "CopyStats": "lamina._fs._copy",
@@ -161,6 +168,8 @@ _LAZY = {
     "StagingArea": "lamina._fs._staging",
     "layer_lock": "lamina._fs._staging",
     "lock_is_free": "lamina._fs._staging",
+    "owner_alive": "lamina._fs._staging",
+    "owner_token": "lamina._fs._staging",
     "unlink_lock": "lamina._fs._staging",
 }
 

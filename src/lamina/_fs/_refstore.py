@@ -30,10 +30,11 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from lamina._fs._atomic import made_by_other_live_process, write_file_atomic
+from lamina._fs._atomic import made_by_other_live_process, sweep_atomic_writes, write_file_atomic
 from lamina._fs._mount import MNT_DETACH, MountInfo, is_mounted, mountinfo, umount
 from lamina._fs._mounter import HoldingMounter, Mount, MountFn, UnmountFn
 from lamina._fs._probe import boot_id
+from lamina._fs._staging import owner_alive, owner_token
 from lamina.errors import StateError
 
 __all__ = ["DETACHED", "RefStore", "SharedMounter", "holder_alive", "this_holder"]
@@ -45,23 +46,9 @@ DETACHED = "detached"
 _Table = dict[str, dict[str, int]]
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rfind(b")") + 2 :].split()
-    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
-        return None  # a zombie holds no mounts any more
-    return fields[19].decode()
-
-
 def this_holder() -> str:
     """This process's holder name, ``<pid>:<start time>``."""
-    pid = os.getpid()
-    return f"{pid}:{_start_time(pid)}"
+    return owner_token()
 
 
 def holder_alive(holder: str) -> bool:
@@ -71,10 +58,7 @@ def holder_alive(holder: str) -> bool:
     """
     if holder == DETACHED:
         return True
-    pid_text, _, start = holder.partition(":")
-    if not pid_text.isdigit():
-        return False
-    return _start_time(int(pid_text)) == start
+    return owner_alive(holder)
 
 
 class RefStore:
@@ -183,19 +167,14 @@ class RefStore:
     def _sweep_temporaries(self) -> None:
         """Delete ``mounts.json`` temporaries whose writer is gone (called under the lock).
 
-        Two shapes: :func:`write_file_atomic`'s ``.mounts.json.<pid>.<random>.tmp``
-        and the ``mounts.json.<pid>.tmp`` of earlier versions.
+        :func:`write_file_atomic`'s own leftovers, and the ``mounts.json.<pid>.tmp``
+        that earlier versions wrote beside it by hand.
         """
+        sweep_atomic_writes(self.run_dir)
         for name in os.listdir(self.run_dir):
-            if not name.endswith(".tmp"):
-                continue
-            stem = name[: -len(".tmp")]
-            if stem.startswith(".mounts.json."):
-                stem = stem[1:]
-            elif not stem.startswith("mounts.json."):
-                continue
-            pid = stem[len("mounts.json.") :].partition(".")[0]
-            if pid.isdigit() and not made_by_other_live_process(f"x.{pid}.0"):
+            pid = name[len("mounts.json.") : -len(".tmp")]
+            legacy = name.startswith("mounts.json.") and name.endswith(".tmp") and pid.isdigit()
+            if legacy and not made_by_other_live_process(f"x.{pid}.0"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.run_dir / name)
 

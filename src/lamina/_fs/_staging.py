@@ -54,7 +54,15 @@ from lamina._fs._atomic import (
 )
 from lamina.errors import LockTimeoutError
 
-__all__ = ["DEFAULT_LOCK_TIMEOUT", "StagingArea", "layer_lock", "lock_is_free", "unlink_lock"]
+__all__ = [
+    "DEFAULT_LOCK_TIMEOUT",
+    "StagingArea",
+    "layer_lock",
+    "lock_is_free",
+    "owner_alive",
+    "owner_token",
+    "unlink_lock",
+]
 
 #: Seconds a writer waits for another process's apply or remove of the same layer.
 #: An apply of a large layer takes minutes on a slow disk; Docker waits forever.
@@ -64,6 +72,33 @@ DEFAULT_LOCK_TIMEOUT = 600.0
 # name cannot tell apart two driver objects (or threads) of one process
 _IN_FLIGHT: set[str] = set()
 _IN_FLIGHT_LOCK = threading.Lock()
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2 :].split()
+    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
+        return None  # a zombie holds nothing any more
+    return fields[19].decode()
+
+
+def owner_token(pid: int | None = None) -> str:
+    """``<pid>:<start time>``: names a process so that a reused pid is not mistaken for it."""
+    pid = os.getpid() if pid is None else pid
+    return f"{pid}:{_start_time(pid)}"
+
+
+def owner_alive(token: str) -> bool:
+    """Whether the process an :func:`owner_token` names is still running."""
+    pid_text, _, start = token.partition(":")
+    if not pid_text.isdigit():
+        return False
+    return _start_time(int(pid_text)) == start
 
 
 def _parse_stage(name: str) -> tuple[str, int] | None:

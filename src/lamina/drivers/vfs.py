@@ -66,8 +66,11 @@ from lamina._fs import (
     Mount,
     StagingArea,
     layer_lock,
+    owner_alive,
+    owner_token,
     remove_tree,
     retire_dir,
+    sweep_atomic_writes,
     unlink_lock,
     write_file_atomic,
 )
@@ -89,6 +92,9 @@ if TYPE_CHECKING:
 __all__ = ["VfsDriver"]
 
 _XATTRS_OPTION = "vfs.xattrs"
+#: Seconds cleanup waits for the lock of an apply whose process died (its forked
+#: file helpers hold the lock until PR_SET_PDEATHSIG has killed them too).
+_ORPHAN_LOCK_WAIT = 10.0
 _XATTRS_BEST_EFFORT = "i_want_broken_containers"
 
 
@@ -237,7 +243,8 @@ class VfsDriver(Driver):
         import json  # records are rare (a create with a parent, an apply): load on use
 
         os.makedirs(self._state, mode=0o700, exist_ok=True)
-        text = json.dumps({"id": id, "parent": parent})
+        # the owner lets cleanup tell a live apply from a dead one's leftover
+        text = json.dumps({"id": id, "parent": parent, "owner": owner_token()})
         # durable: an ``applying`` record that a power loss forgot would leave a
         # half-applied layer looking whole
         write_file_atomic(self._record(id, what), text.encode(), 0o600)
@@ -336,6 +343,7 @@ class VfsDriver(Driver):
         """
         StagingArea(self._removing).sweep()
         self._area.sweep()
+        sweep_atomic_writes(self._state)
         self._recover_applies()
         super().cleanup()
 
@@ -363,13 +371,27 @@ class VfsDriver(Driver):
                 with self._lock:
                     if id in self._in_flight:
                         continue
+                if self._apply_owner_alive(id):
+                    continue  # another process is applying right now: not a leftover
                 try:
-                    with layer_lock(self._locks, id, timeout=0):
+                    # its owner is dead; the lock may outlive it by an instant in the
+                    # helpers it forked (they die with it): wait for them, briefly
+                    with layer_lock(self._locks, id, timeout=_ORPHAN_LOCK_WAIT):
                         parent = self._marked(id, "applying")
                         if parent is not None:
                             self._restore(id, parent)
                 except LockTimeoutError:
-                    continue  # another process is applying right now: not a leftover
+                    continue  # a new apply took the layer meanwhile
+
+    def _apply_owner_alive(self, id: str) -> bool:
+        """Whether the process that wrote the layer's ``applying`` record still runs."""
+        import json
+
+        try:
+            owner = json.loads(self._record(id, "applying").read_bytes()).get("owner")
+        except (OSError, ValueError, AttributeError):
+            return False
+        return isinstance(owner, str) and owner_alive(owner)
 
     def _damaged_record(self, digest: str, what: str, path: Path) -> None:
         """A record that cannot be read: drop it, and a layer it may have left half-applied.
