@@ -104,7 +104,8 @@ _APPLIER = textwrap.dedent(
     from lamina.errors import LaminaError
     d = drivers.new_driver(sys.argv[2], sys.argv[3])
     try:
-        size = d.apply_diff(sys.argv[4], None, sys.stdin.buffer)
+        # raw: each read returns what the pipe holds, so the apply works as it is fed
+        size = d.apply_diff(sys.argv[4], sys.argv[5] or None, sys.stdin.buffer.raw)
     except LaminaError as exc:
         print(type(exc).__name__, exc, flush=True)
         sys.exit(3)
@@ -116,9 +117,9 @@ _APPLIER = textwrap.dedent(
 class Applier:
     """Another process applying a tar it reads from a pipe this test feeds."""
 
-    def __init__(self, store: tuple[str, Path], id: str) -> None:
+    def __init__(self, store: tuple[str, Path], id: str, parent: str = "") -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _APPLIER, _SRC, store[0], str(store[1]), id],
+            [sys.executable, "-c", _APPLIER, _SRC, store[0], str(store[1]), id, parent],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -154,9 +155,15 @@ def _unread(fd: int) -> int:
 
 
 def _split_tar(files: dict[str, bytes], big: str) -> tuple[bytes, bytes]:
-    """A tar of ``files`` then a 1 MiB file ``big``, cut inside the big file's body."""
-    data = _tar({**files, big: b"z" * (1 << 20)})
-    cut = len(_tar(files)) - 1024 + 4096  # the end-of-archive blocks, a header, some body
+    """A tar of ``files`` (padded past 2 MiB) then a 4 MiB ``big``, cut inside ``big``'s body.
+
+    The archive engine reads its input in 1 MiB chunks: the padding makes
+    sure that the entries before the cut are read, and written, before the
+    apply blocks waiting for the rest.
+    """
+    files = {**files, **{f"pad/{i}": bytes([i]) * (64 << 10) for i in range(40)}}
+    data = _tar({**files, big: b"z" * (4 << 20)})
+    cut = len(_tar(files)) + (1 << 20)
     return data[:cut], data[cut:]
 
 
@@ -187,7 +194,7 @@ def test_kill_during_apply_into_a_layer_with_content_then_cleanup(
     d = _driver(store)
     before = _base_with_content(d)
     head, _ = _split_tar({f"etc/new{i}": b"new" for i in range(20)}, "etc/big")
-    applier = Applier(store, "c")
+    applier = Applier(store, "c", "b")
     applier.feed(head)
     applier.kill()
     d = _driver(store)
@@ -201,13 +208,13 @@ def test_retry_after_kill_does_not_land_on_the_killed_attempt(store: tuple[str, 
     d.apply_diff("b", None, io.BytesIO(_tar({"etc/base": b"base"})))
     d.create("c", "b")  # pristine: the apply goes in place
     head, _ = _split_tar({"etc/killed": b"killed"}, "etc/big")
-    applier = Applier(store, "c")
+    applier = Applier(store, "c", "b")
     applier.feed(head)
     applier.kill()
     d = _driver(store)  # no cleanup: the retry itself must cope
     d.apply_diff("c", "b", io.BytesIO(_tar({"etc/retry": b"retry"})))
     after = _view(d, "c")
-    assert "etc/killed" not in after and "etc/big" not in after
+    assert "etc/killed" not in after and "etc/big" not in after and "pad" not in after
     assert after["etc/retry"] == b"retry" and after["etc/base"] == b"base"
     leftovers = [
         p
@@ -225,11 +232,13 @@ def test_apply_without_parent_argument_uses_the_recorded_parent(
 ) -> None:
     d = _driver(store)
     d.create("b")
-    d.apply_diff("b", None, io.BytesIO(_tar({"etc/base": b"base", "etc/gone": b"x"})))
+    tree = {"etc/base": b"base", "etc/gone": b"x", "opt/tree/a/b/c/file": b"deep"}
+    d.apply_diff("b", None, io.BytesIO(_tar(tree)))
     d.create("c", "b")
     layer = io.BytesIO()
     with tarfile.open(fileobj=layer, mode="w") as tf:
-        for name in ("etc/new", "etc/.wh.gone"):
+        # deleting a nested tree through an overlay view renames directories: EXDEV
+        for name in ("etc/new", "etc/.wh.gone", "opt/.wh.tree"):
             tf.addfile(tarfile.TarInfo(name))
         info = tarfile.TarInfo("etc/dir")
         info.type = tarfile.DIRTYPE
@@ -238,20 +247,24 @@ def test_apply_without_parent_argument_uses_the_recorded_parent(
     d.apply_diff("c", None, layer)
     view = _view(d, "c")
     assert view["etc/base"] == b"base" and view["etc/new"] == b""
-    assert "etc/gone" not in view
+    assert "etc/gone" not in view and "opt/tree" not in view
 
 
 # -- two processes applying to one layer ---------------------------------------------------
 
 
-def test_concurrent_applies_serialise_and_both_land(store: tuple[str, Path]) -> None:
+@pytest.mark.parametrize("start", ["fresh", "with-content"])
+def test_concurrent_applies_serialise_and_both_land(store: tuple[str, Path], start: str) -> None:
     d = _driver(store)
-    d.create("b")
-    d.create("c", "b")
+    if start == "fresh":
+        d.create("b")
+        d.create("c", "b")
+    else:
+        _base_with_content(d)
     head, tail = _split_tar({"etc/from-a": b"a"}, "etc/big-a")
-    first = Applier(store, "c")
+    first = Applier(store, "c", "b")
     first.feed(head)  # first holds the layer now
-    second = Applier(store, "c")
+    second = Applier(store, "c", "b")
     second.feed(_tar({"etc/from-b": b"b"}), wait=False)
     time.sleep(0.5)
     code_a, out_a = first.finish(tail)
@@ -259,7 +272,7 @@ def test_concurrent_applies_serialise_and_both_land(store: tuple[str, Path]) -> 
     assert (code_a, code_b) == (0, 0), (out_a, out_b)
     view = _view(d, "c")
     assert view["etc/from-a"] == b"a" and view["etc/from-b"] == b"b"
-    assert len(view["etc/big-a"] or b"") == 1 << 20
+    assert len(view["etc/big-a"] or b"") == 4 << 20
 
 
 def test_second_apply_times_out_with_a_typed_error(store: tuple[str, Path]) -> None:
@@ -267,7 +280,7 @@ def test_second_apply_times_out_with_a_typed_error(store: tuple[str, Path]) -> N
     d.create("b")
     d.create("c", "b")
     head, tail = _split_tar({"etc/from-a": b"a"}, "etc/big-a")
-    first = Applier(store, "c")
+    first = Applier(store, "c", "b")
     first.feed(head)
     mine = _driver(store)
     mine.lock_timeout = 0.2  # type: ignore[attr-defined]
@@ -283,13 +296,13 @@ def test_cleanup_leaves_another_process_apply_alone(store: tuple[str, Path]) -> 
     d.apply_diff("b", None, io.BytesIO(_tar({"etc/base": b"base"})))
     d.create("c", "b")
     head, tail = _split_tar({"etc/live": b"live"}, "etc/big")
-    applier = Applier(store, "c")
+    applier = Applier(store, "c", "b")
     applier.feed(head)
     _driver(store).cleanup()  # must not take the live apply for a crash leftover
     code, out = applier.finish(tail)
     assert code == 0, out
     view = _view(d, "c")
-    assert view["etc/live"] == b"live" and len(view["etc/big"] or b"") == 1 << 20
+    assert view["etc/live"] == b"live" and len(view["etc/big"] or b"") == 4 << 20
 
 
 # -- remove of a layer in use -----------------------------------------------------------------
