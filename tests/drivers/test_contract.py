@@ -468,3 +468,46 @@ def test_overlay_mount_table_write_leaves_no_temporary_after_kill(tmp_path: Path
     assert [p.name for p in (d.home / ".run").iterdir() if p.name.endswith(".tmp")]
     d.cleanup()
     assert [p.name for p in (d.home / ".run").iterdir() if p.name.endswith(".tmp")] == []
+
+
+# -- cleanup and the views of running processes --------------------------------------------
+
+_VIEWER = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    from lamina import drivers
+    d = drivers.new_driver("overlay", sys.argv[2])
+    view = d.get("r")
+    (view / "kept").write_text("mine")
+    print(view, flush=True)
+    sys.stdin.read()
+    print((view / "kept").read_text(), flush=True)
+    """
+)
+
+
+@_ROOT
+def test_cleanup_keeps_a_size_limited_base_view_another_process_uses(tmp_path: Path) -> None:
+    if not os.path.exists("/dev/loop-control"):
+        pytest.skip("no loop devices")
+    root = tmp_path / "root"
+    d = drivers.new_driver("overlay", root)
+    try:
+        d.create_read_write("r", None, storage_opt={"size": "16M"})
+    except LaminaError as exc:
+        pytest.skip(f"no size-limited layers here: {exc}")
+    viewer = subprocess.Popen(
+        [sys.executable, "-c", _VIEWER, _SRC, str(root)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert viewer.stdout is not None
+    view = Path(viewer.stdout.readline().strip())
+    drivers.new_driver("overlay", root).cleanup()  # another process's cleanup
+    assert (view / "kept").read_text() == "mine"  # its image is still mounted under it
+    out, _ = viewer.communicate("")
+    assert out.strip() == "mine"
+    d.remove("r")  # the viewer is gone: nothing holds it now
+    d.cleanup()

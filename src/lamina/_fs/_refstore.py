@@ -289,6 +289,17 @@ class RefStore:
         with self.locked() as table:
             return dict(self._live(table, target))
 
+    def first_held(self, targets: Iterable[str]) -> tuple[str, dict[str, int]] | None:
+        """The first of ``targets`` that a live holder holds, with its holders; one lock."""
+        if self._nothing_recorded():
+            return None
+        with self.locked() as table:
+            for target in targets:
+                holders = self._live(table, target)
+                if holders:
+                    return target, dict(holders)
+        return None
+
     def counts(self) -> dict[str, int]:
         """Number of live holding processes per target (dead holders dropped)."""
         if self._nothing_recorded():

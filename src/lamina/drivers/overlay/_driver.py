@@ -796,7 +796,8 @@ class OverlayDriver(Driver):
         path = self._dir(id)
         if not os.path.lexists(path):
             return
-        self._refuse_if_held(id, path, "remove")
+        if self._mounter.count(id):  # outside the store lock: the mounter's comes first
+            raise InUseError(f"layer {id} is in use (this process holds its view); cannot remove")
         try:
             with layer_lock(self._locks, id, timeout=0):
                 self._refuse_if_parent(id, path)
@@ -826,13 +827,13 @@ class OverlayDriver(Driver):
     def _refuse_if_held(self, id: str, path: Path, what: str) -> None:
         if self._mounter.count(id):  # outside the store lock: the mounter's comes first
             raise InUseError(f"layer {id} is in use (this process holds its view); cannot {what}")
-        for target in self._hold_targets(path):
-            holders = self._store.holders(target)
-            if holders:
-                raise InUseError(
-                    f"layer {id} is in use (held by {', '.join(sorted(holders))}: "
-                    f"get, mount or a diff stream); cannot {what}"
-                )
+        held = self._store.first_held(self._hold_targets(path))
+        if held is not None:
+            holders = held[1]
+            raise InUseError(
+                f"layer {id} is in use (held by {', '.join(sorted(holders))}: "
+                f"get, mount or a diff stream); cannot {what}"
+            )
 
     def _refuse_if_parent(self, id: str, path: Path) -> None:
         """InUseError if a layer stands on this one (its short link is in a ``lower`` file).
@@ -1199,7 +1200,6 @@ class OverlayDriver(Driver):
             raise InvalidArgumentError(
                 f"layer {parent} is not the parent of {id}: a layer tar applies to its own parent"
             )
-        self._refuse_if_held(id, path, "apply to it")
         options = archive.ApplyOptions(whiteouts=archive.WhiteoutFormat.OVERLAY)
         with layer_lock(self._locks, id, timeout=self.lock_timeout):
             path = self._existing_dir(id)  # not removed while we waited
