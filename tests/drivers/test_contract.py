@@ -511,3 +511,17 @@ def test_cleanup_keeps_a_size_limited_base_view_another_process_uses(tmp_path: P
     assert out.strip() == "mine"
     d.remove("r")  # the viewer is gone: nothing holds it now
     d.cleanup()
+
+
+def test_queries_create_no_state(store: tuple[str, Path]) -> None:
+    d = _driver(store)
+    d.create("b")
+    d.create("c", "b")
+    d.status()  # the first status may measure and cache probes: not asked about here
+    before = sorted(str(p) for p in store[1].rglob("*"))
+    for _ in range(2):
+        assert d.exists("c") and not d.exists("missing")
+        d.status()
+        assert dict(d.status())["Layers"] == "2"
+        d.remove("missing")
+    assert sorted(str(p) for p in store[1].rglob("*")) == before
