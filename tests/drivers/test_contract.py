@@ -12,6 +12,7 @@ way and stays so until the test writes the rest.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import io
 import json
@@ -525,3 +526,25 @@ def test_queries_create_no_state(store: tuple[str, Path]) -> None:
         assert dict(d.status())["Layers"] == "2"
         d.remove("missing")
     assert sorted(str(p) for p in store[1].rglob("*")) == before
+
+
+@_ROOT
+@pytest.mark.parametrize("name", ["vfs", "overlay"])
+def test_full_disk_during_apply_into_a_layer_with_content_leaves_it_as_it_was(
+    tmp_path: Path, name: str
+) -> None:
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], check=True)
+    try:
+        d = drivers.new_driver(name, mnt / "root")
+        before = _base_with_content(d)
+        big = _tar({"etc/second": b"second", "etc/first": b"changed", "etc/huge": b"h" * (8 << 20)})
+        with pytest.raises(LaminaError) as info:
+            d.apply_diff("c", "b", io.BytesIO(big))
+        assert info.value.errno == errno.ENOSPC
+        assert _view(d, "c") == before
+        d.cleanup()
+        assert _view(d, "c") == before
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -7,7 +7,8 @@ Every driver builds a layer the same way:
    is building it;
 2. **fill** — the driver writes into it (a copy of the parent, an applied tar);
 3. **publish** — :meth:`StagingArea.publish` renames it to its visible name
-   with ``RENAME_NOREPLACE`` (a new layer), or :meth:`StagingArea.exchange`
+   with ``RENAME_NOREPLACE`` (a new layer), :meth:`StagingArea.replace_empty`
+   renames it over an empty directory, or :meth:`StagingArea.exchange`
    swaps it with the visible tree in one ``RENAME_EXCHANGE`` (an apply into
    a layer that has content), after which the stage holds the old tree and
    is discarded;
@@ -133,6 +134,21 @@ class StagingArea:
     def publish(self, stage: Path, target: str | os.PathLike[str]) -> None:
         """Rename the stage to ``target``; FileExistsError if ``target`` exists."""
         rename_noreplace(stage, target)
+        self.forget(stage)
+
+    def replace_empty(self, stage: Path, target: str | os.PathLike[str]) -> None:
+        """Rename the stage over ``target``, an *empty* directory, in one step.
+
+        rename(2) replaces an empty directory atomically and fails with
+        ``ENOTEMPTY`` on one with content, which is then a FileExistsError
+        (someone filled it meanwhile; the caller's lock should prevent that).
+        """
+        try:
+            os.rename(stage, target)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise FileExistsError(exc.errno, exc.strerror, os.fspath(target)) from exc
+            raise
         self.forget(stage)
 
     def exchange(self, stage: Path, target: str | os.PathLike[str]) -> None:

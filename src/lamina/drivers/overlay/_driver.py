@@ -1215,7 +1215,7 @@ class OverlayDriver(Driver):
                     os.chown(stage, st.st_uid, st.st_gid)
                     os.chmod(stage, stat.S_IMODE(st.st_mode))
                     size = archive.apply_layer(diff, stage, options)
-                    os.rename(stage, diff_dir)  # replaces the empty directory in one step
+                    area.replace_empty(stage, diff_dir)
                 else:
                     copy_tree(diff_dir, stage)
                     size = archive.apply_layer(diff, stage, options)
