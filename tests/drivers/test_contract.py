@@ -548,3 +548,26 @@ def test_full_disk_during_apply_into_a_layer_with_content_leaves_it_as_it_was(
         assert _view(d, "c") == before
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("damage", [b'{"boot_id": "x", "mou', b"\xff\xfe not json", b"[1, 2]"])
+def test_damaged_mount_table_is_recovered_without_tracebacks(
+    store: tuple[str, Path], damage: bytes
+) -> None:
+    d = _driver(store)
+    d.create("b")
+    d.apply_diff("b", None, io.BytesIO(_tar({"etc/base": b"base"})))
+    d.create("c", "b")
+    with d.mounted("c"):
+        pass
+    table = d.home / ".run" / "mounts.json"
+    assert table.exists()
+    table.write_bytes(damage)
+    assert _view(d, "c")["etc/base"] == b"base"
+    assert [c.path for c in d.changes("b")] == ["/etc", "/etc/base"]
+    with d.diff("c", "b") as stream:
+        stream.read()
+    d.mount("c")
+    d.unmount("c")
+    d.cleanup()
+    d.remove("c")

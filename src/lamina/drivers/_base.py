@@ -12,7 +12,13 @@ Lifecycle vocabulary:
   to its parent.
 
 Drivers implement the storage methods and :meth:`Driver._mount_spec`; the
-counting lives once, in :class:`lamina._fs.Mounter`.  Drivers without a
+counting lives once, in :class:`lamina._fs.Mounter`.  Holds are visible
+across processes: a direct view's first ``get`` in a process is recorded in
+the hold store (``home/.run``, :class:`lamina._fs.RefStore`), as are
+``mount`` holds and open ``diff`` streams (which ``get`` the layer), so that
+``remove`` in any process refuses a held layer with
+:class:`~lamina.errors.InUseError` rather than pulling it out from under its
+user (a ``diff`` stream is never silently truncated).  Drivers without a
 faster native path inherit ``diff``, ``changes``, ``apply_diff`` and
 ``diff_size`` from :mod:`lamina.drivers._naive`, which compares merged views
 with the archive engine.
