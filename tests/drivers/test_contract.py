@@ -571,3 +571,29 @@ def test_damaged_mount_table_is_recovered_without_tracebacks(
     d.unmount("c")
     d.cleanup()
     d.remove("c")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="windowsfilter counts views in its own per-process Mounter and its remove does not "
+    "consult the hold store (drivers/windowsfilter/_driver.py, another change's files)",
+)
+def test_windowsfilter_remove_of_a_layer_another_process_holds_is_refused(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "root"
+    d = drivers.new_driver("windowsfilter", root)
+    d.create("b")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, _SRC, "windowsfilter", str(root), "get", "b"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        with pytest.raises(InUseError):
+            d.remove("b")
+    finally:
+        holder.communicate("")
+        d.cleanup()
