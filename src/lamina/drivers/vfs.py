@@ -17,8 +17,8 @@ On-disk layout under ``home`` (``<root>/vfs``, created 0o700):
   being deleted, so a crash never leaves a half-deleted layer visible;
 * ``state/<id>.pristine`` — the layer still equals its parent (it was never
   handed out by ``get`` nor applied to); holds the parent id;
-* ``state/<id>.applying`` — an ``apply_diff`` into the layer is under way.
-
+* ``state/<id>.applying`` — an ``apply_diff`` into the layer is under way
+  (it names the applying process, ``<pid>:<start time>``);
 * ``locks/<digest>.lock`` — one ``flock`` per layer (see below).
 
 Atomic ``apply_diff``.  The usual sequence (create, then apply) hits a
@@ -39,7 +39,7 @@ and then applies on top of it, as two ``docker`` pulls of one layer are
 serialised by the daemon.  ``remove`` does not wait: a layer being applied
 to, held by ``get`` (in any process), by ``lamina mount`` or by a ``diff``
 stream raises :class:`~lamina.errors.InUseError`.  ``cleanup`` rolls back
-only applies whose lock is free, that is, whose process is gone.
+only applies whose recorded process is gone, under the layer's lock.
 
 ``cleanup`` sweeps the leftover directories of processes that are gone
 and rolls back interrupted applies.  Durability of layer data against power
