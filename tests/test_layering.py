@@ -76,7 +76,6 @@ PRIVATE_IMPORTS_ALLOWED: set[tuple[str, str]] = {
 EFFECTS_ALLOWED: set[tuple[str, str]] = {
     # to be removed by the _fs staging area (issue 11, "What to build" 1:
     # new -> fill -> publish by rename/exchange -> sweep, used by every driver)
-    ("lamina.drivers.overlay._driver", "os.rename"),
     ("lamina.drivers.windowsfilter._driver", "os.rename"),
     ("lamina.drivers.windowsfilter._overlay", "os.rename"),
     # the iterative tree remover's renames, to move with it to lamina._tree

@@ -9,7 +9,8 @@ Callers test the class, never the message::
     │   └── QuotaNotSupportedError   no quota mechanism for a ``size`` option
     ├── NotFoundError                no such layer (or file in a layer)
     ├── AlreadyExistsError           a layer with that id exists
-    ├── InUseError                   the layer is mounted or has children
+    ├── InUseError                   the layer is mounted, held, being applied to, or has children
+    │   └── LockTimeoutError         another process kept the layer's lock past the timeout
     ├── InvalidArgumentError         a bad id, option or storage option
     ├── MaxDepthError                the chain is deeper than the driver can stack
     ├── QuotaExceededError           a write went past a layer's size limit
@@ -41,6 +42,7 @@ __all__ = [
     "InvalidArgumentError",
     "LaminaError",
     "LayerChangedError",
+    "LockTimeoutError",
     "MaxDepthError",
     "NotFoundError",
     "NotSupportedError",
@@ -91,6 +93,14 @@ class AlreadyExistsError(LaminaError):
 
 class InUseError(LaminaError):
     """The layer is still mounted, referenced, or released more than acquired."""
+
+
+class LockTimeoutError(InUseError):
+    """Another process held the layer's lock (an apply, a remove) for longer than we wait.
+
+    A subclass of :class:`InUseError` because that is what it means to the
+    caller (exit 7 from the CLI): the layer is busy; retrying later is right.
+    """
 
 
 class InvalidArgumentError(LaminaError):

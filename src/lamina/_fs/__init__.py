@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         rename_noreplace,
         retire_dir,
         staging_name,
+        sweep_atomic_writes,
         sync_filesystem,
         write_file_atomic,
     )
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
         umount,
         unmount_below,
     )
-    from lamina._fs._mounter import Mount, Mounter
+    from lamina._fs._mounter import HoldingMounter, Mount, Mounter
     from lamina._fs._probe import (
         NativeDiffProbe,
         ProbeFile,
@@ -60,23 +61,41 @@ if TYPE_CHECKING:
     )
     from lamina._fs._quota import ProjectQuota, QuotaUsage
     from lamina._fs._refstore import DETACHED, RefStore, SharedMounter
+    from lamina._fs._staging import (
+        DEFAULT_LOCK_TIMEOUT,
+        StagingArea,
+        layer_lock,
+        lock_is_free,
+        owner_alive,
+        owner_token,
+        unlink_lock,
+    )
 
 __all__ = [
+    "DEFAULT_LOCK_TIMEOUT",
     "CopyStats",
+    "HoldingMounter",
     "Mount",
     "Mounter",
+    "StagingArea",
     "copy_tree",
     "die_with_parent",
     "exchange_dirs",
     "grow_image",
     "grow_mounted_image",
+    "layer_lock",
+    "lock_is_free",
     "made_by_other_live_process",
     "make_staging_dir",
+    "owner_alive",
+    "owner_token",
     "remove_tree",
     "rename_noreplace",
     "retire_dir",
     "staging_name",
+    "sweep_atomic_writes",
     "sync_filesystem",
+    "unlink_lock",
     "write_file_atomic",
 ]
 __all__ += [  # mounts, kernel probes, quotas, shared mount counts (overlay driver)
@@ -122,6 +141,7 @@ _LAZY = {
     "rename_noreplace": "lamina._fs._atomic",
     "retire_dir": "lamina._fs._atomic",
     "staging_name": "lamina._fs._atomic",
+    "sweep_atomic_writes": "lamina._fs._atomic",
     "sync_filesystem": "lamina._fs._atomic",
     "write_file_atomic": "lamina._fs._atomic",
     "die_with_parent": "lamina._fs._child",
@@ -138,6 +158,7 @@ _LAZY = {
     "new_mount_api_supported": "lamina._fs._mount",
     "umount": "lamina._fs._mount",
     "unmount_below": "lamina._fs._mount",
+    "HoldingMounter": "lamina._fs._mounter",
     "Mount": "lamina._fs._mounter",
     "Mounter": "lamina._fs._mounter",
     "NativeDiffProbe": "lamina._fs._probe",
@@ -162,6 +183,13 @@ _LAZY = {
     "DETACHED": "lamina._fs._refstore",
     "RefStore": "lamina._fs._refstore",
     "SharedMounter": "lamina._fs._refstore",
+    "DEFAULT_LOCK_TIMEOUT": "lamina._fs._staging",
+    "StagingArea": "lamina._fs._staging",
+    "layer_lock": "lamina._fs._staging",
+    "lock_is_free": "lamina._fs._staging",
+    "owner_alive": "lamina._fs._staging",
+    "owner_token": "lamina._fs._staging",
+    "unlink_lock": "lamina._fs._staging",
 }
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "rename_noreplace",
     "retire_dir",
     "staging_name",
+    "sweep_atomic_writes",
     "sync_filesystem",
     "write_file_atomic",
 ]
@@ -253,6 +254,34 @@ def write_file_atomic(
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def sweep_atomic_writes(directory: str | os.PathLike[str]) -> list[str]:
+    """Delete what :func:`write_file_atomic` left in ``directory`` when its writer died.
+
+    Its temporaries are ``.<name>.<pid>.<random>.tmp``; those of live
+    processes (writes in flight) and names of any other shape are left
+    alone.  Returns the names deleted.  ``cleanup`` calls this for every
+    directory it keeps records in.
+    """
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    swept = []
+    for name in names:
+        if not (name.startswith(".") and name.endswith(".tmp")):
+            continue
+        stem = name[1 : -len(".tmp")]
+        parts = stem.rsplit(".", 2)
+        if len(parts) != 3 or not parts[1].isdigit() or not parts[2]:
+            continue
+        if int(parts[1]) == os.getpid() or made_by_other_live_process(stem):
+            continue  # a write in flight (ours: another thread's)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(directory, name))
+            swept.append(name)
+    return swept
 
 
 def sync_filesystem(path: str | os.PathLike[str]) -> None:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from lamina._frozen import Frozen
 from lamina.errors import InUseError
 
-__all__ = ["Mount", "Mounter"]
+__all__ = ["HoldStore", "HoldingMounter", "Mount", "Mounter"]
 
 
 class Mount(Frozen):
@@ -87,14 +88,23 @@ class Mounter:
         self._mount_fn = mount_fn
         self._unmount_fn = unmount_fn
 
+    def _first_hold(self, mount: Mount) -> None:
+        """The first holder in this process appears: mount (a direct view needs nothing)."""
+        if not mount.is_direct:
+            self._mount_fn(mount)
+
+    def _last_release(self, mount: Mount) -> None:
+        """The last holder in this process goes: unmount (a direct view needs nothing)."""
+        if not mount.is_direct:
+            self._unmount_fn(mount)
+
     def acquire(self, key: str, describe: Callable[[], Mount]) -> Path:
         """Count one user of ``key``'s view, mounting it if it is the first."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 mount = describe()
-                if not mount.is_direct:
-                    self._mount_fn(mount)
+                self._first_hold(mount)
                 entry = self._entries[key] = _Entry(mount, 0)
             entry.count += 1
             return entry.mount.target
@@ -108,9 +118,8 @@ class Mounter:
             if entry.count > 1:
                 entry.count -= 1
                 return
-            if not entry.mount.is_direct:
-                # unmount first: if it fails the view is still there and still counted
-                self._unmount_fn(entry.mount)
+            # unmount first: if it fails the view is still there and still counted
+            self._last_release(entry.mount)
             del self._entries[key]
 
     def count(self, key: str) -> int:
@@ -129,5 +138,47 @@ class Mounter:
         with self._lock:
             entries, self._entries = self._entries, {}
         for entry in entries.values():
-            if not entry.mount.is_direct:
-                self._unmount_fn(entry.mount)
+            self._last_release(entry.mount)
+
+
+class HoldStore(Protocol):
+    """Where holds are counted across processes (:class:`lamina._fs.RefStore`)."""
+
+    def hold(self, target: str, holder: str | None = None) -> int:
+        """Count one hold of ``target``."""
+        ...
+
+    def unhold(self, target: str, holder: str | None = None) -> int:
+        """Drop one hold of ``target``."""
+        ...
+
+
+class HoldingMounter(Mounter):
+    """A :class:`Mounter` whose direct views are also counted in a cross-process store.
+
+    The first ``get`` of a view in this process records a hold, the last
+    ``put`` drops it, so that ``remove`` and ``cleanup`` in *other*
+    processes see the view as in use.  ``store`` is called on the first
+    hold only: a process that never ``get``s never loads or creates it.
+    """
+
+    def __init__(
+        self,
+        store: Callable[[], HoldStore],
+        mount_fn: MountFn = _no_op,
+        unmount_fn: UnmountFn = _no_op,
+    ) -> None:
+        super().__init__(mount_fn, unmount_fn)
+        self._store = store
+
+    def _first_hold(self, mount: Mount) -> None:
+        if mount.is_direct:
+            self._store().hold(str(mount.target))
+        else:
+            self._mount_fn(mount)
+
+    def _last_release(self, mount: Mount) -> None:
+        if mount.is_direct:
+            self._store().unhold(str(mount.target))
+        else:
+            self._unmount_fn(mount)

@@ -30,9 +30,12 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from lamina._fs._atomic import made_by_other_live_process, sweep_atomic_writes, write_file_atomic
 from lamina._fs._mount import MNT_DETACH, MountInfo, is_mounted, mountinfo, umount
-from lamina._fs._mounter import Mount, Mounter, MountFn, UnmountFn
+from lamina._fs._mounter import HoldingMounter, Mount, MountFn, UnmountFn
 from lamina._fs._probe import boot_id
+from lamina._fs._staging import owner_alive, owner_token
+from lamina.errors import StateError
 
 __all__ = ["DETACHED", "RefStore", "SharedMounter", "holder_alive", "this_holder"]
 
@@ -43,23 +46,9 @@ DETACHED = "detached"
 _Table = dict[str, dict[str, int]]
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rfind(b")") + 2 :].split()
-    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
-        return None  # a zombie holds no mounts any more
-    return fields[19].decode()
-
-
 def this_holder() -> str:
     """This process's holder name, ``<pid>:<start time>``."""
-    pid = os.getpid()
-    return f"{pid}:{_start_time(pid)}"
+    return owner_token()
 
 
 def holder_alive(holder: str) -> bool:
@@ -69,10 +58,7 @@ def holder_alive(holder: str) -> bool:
     """
     if holder == DETACHED:
         return True
-    pid_text, _, start = holder.partition(":")
-    if not pid_text.isdigit():
-        return False
-    return _start_time(int(pid_text)) == start
+    return owner_alive(holder)
 
 
 class RefStore:
@@ -125,12 +111,26 @@ class RefStore:
                 os.close(fd)  # releases the flock
 
     def _load(self) -> _Table:
+        """The table; a damaged one (hand-edited, foreign) reads as empty, as after a reboot.
+
+        An unreadable one (a directory in its place, EIO) is a StateError.
+        A torn one cannot happen: :meth:`_save` replaces it by rename.
+        """
         import json
 
         try:
-            with open(self._state_path, encoding="utf-8") as f:
-                data: Any = json.load(f)
-        except (FileNotFoundError, ValueError):
+            with open(self._state_path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise StateError(
+                f"{self._state_path}: cannot read the mount table: {exc.strerror}",
+                errno=exc.errno,
+            ) from exc
+        try:
+            data: Any = json.loads(raw)
+        except ValueError:
             return {}
         if not isinstance(data, dict) or data.get("boot_id") != boot_id():
             return {}
@@ -141,17 +141,42 @@ class RefStore:
         for target, holders in mounts.items():
             if isinstance(holders, dict):
                 table[str(target)] = {
-                    str(h): int(n) for h, n in holders.items() if isinstance(n, int) and n > 0
+                    str(h): n
+                    for h, n in holders.items()
+                    if isinstance(n, int) and not isinstance(n, bool) and n > 0
                 }
         return table
 
     def _save(self, table: _Table) -> None:
+        """Replace ``mounts.json`` through the one atomic write (its leftovers are swept).
+
+        Not fsynced: the table only describes this boot's mounts, and after a
+        power loss the boot id discards it anyway; the rename alone keeps it
+        whole across a ``kill -9``.
+        """
         import json
 
-        tmp = self._state_path.with_name(f"mounts.json.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"boot_id": boot_id(), "mounts": table}, f, sort_keys=True)
-        os.replace(tmp, self._state_path)
+        data = json.dumps({"boot_id": boot_id(), "mounts": table}, sort_keys=True)
+        write_file_atomic(self._state_path, data.encode(), 0o600, durable=False)
+
+    def sweep_temporaries(self) -> None:
+        """Delete the temporary files of table writes a crash interrupted (``cleanup``)."""
+        with self.locked():
+            self._sweep_temporaries()
+
+    def _sweep_temporaries(self) -> None:
+        """Delete ``mounts.json`` temporaries whose writer is gone (called under the lock).
+
+        :func:`write_file_atomic`'s own leftovers, and the ``mounts.json.<pid>.tmp``
+        that earlier versions wrote beside it by hand.
+        """
+        sweep_atomic_writes(self.run_dir)
+        for name in os.listdir(self.run_dir):
+            pid = name[len("mounts.json.") : -len(".tmp")]
+            legacy = name.startswith("mounts.json.") and name.endswith(".tmp") and pid.isdigit()
+            if legacy and not made_by_other_live_process(f"x.{pid}.0"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.run_dir / name)
 
     # -- operations ---------------------------------------------------------------------
 
@@ -223,13 +248,62 @@ class RefStore:
                 unmount()
             return 0
 
+    def hold(self, target: str, holder: str | None = None) -> int:
+        """Count a hold of a view that needs no mount (a directory served as it is).
+
+        Returns the number of live holders afterwards.  Such holds are what
+        ``remove`` and ``cleanup`` of every process respect.
+        """
+        with self.locked() as table:
+            holders = self._live(table, target)
+            me = holder or this_holder()
+            holders[me] = holders.get(me, 0) + 1
+            table[target] = holders
+            return len(holders)
+
+    def unhold(self, target: str, holder: str | None = None) -> int:
+        """Drop one :meth:`hold`; -1 (and no change) when ``holder`` held nothing."""
+        with self.locked() as table:
+            holders = self._live(table, target)
+            me = holder or this_holder()
+            if me not in holders:
+                return -1
+            if holders[me] > 1:
+                holders[me] -= 1
+            else:
+                del holders[me]
+            if holders:
+                table[target] = holders
+            else:
+                table.pop(target, None)
+            return len(holders)
+
+    def _nothing_recorded(self) -> bool:
+        """True when no table exists: a query then answers without creating state."""
+        return not self._depth and not self._state_path.exists()
+
     def holders(self, target: str) -> dict[str, int]:
         """Live holders of ``target`` and their counts."""
+        if self._nothing_recorded():
+            return {}
         with self.locked() as table:
             return dict(self._live(table, target))
 
+    def first_held(self, targets: Iterable[str]) -> tuple[str, dict[str, int]] | None:
+        """The first of ``targets`` that a live holder holds, with its holders; one lock."""
+        if self._nothing_recorded():
+            return None
+        with self.locked() as table:
+            for target in targets:
+                holders = self._live(table, target)
+                if holders:
+                    return target, dict(holders)
+        return None
+
     def counts(self) -> dict[str, int]:
         """Number of live holding processes per target (dead holders dropped)."""
+        if self._nothing_recorded():
+            return {}
         with self.locked() as table:
             live = {t: len(self._live(table, t)) for t in list(table)}
             return {t: n for t, n in live.items() if n}
@@ -260,18 +334,39 @@ class RefStore:
         return unmounted
 
 
-class SharedMounter(Mounter):
+class SharedMounter(HoldingMounter):
     """A :class:`Mounter` whose first acquire / last release per process consult a RefStore.
 
     ``mount_fn``/``unmount_fn`` perform the real mount and unmount; they are
-    only called when no other live process holds the view.
+    only called when no other live process holds the view.  With
+    ``count_direct`` direct views (a directory served as it is) are counted
+    in the store too, with no mount (:class:`HoldingMounter`): a hold is a
+    hold, whatever serves it, and ``remove`` in another process must see it.
     """
 
-    def __init__(self, store: RefStore, mount_fn: MountFn, unmount_fn: UnmountFn) -> None:
+    def __init__(
+        self,
+        store: RefStore,
+        mount_fn: MountFn,
+        unmount_fn: UnmountFn,
+        *,
+        count_direct: bool = False,
+    ) -> None:
         self.store = store
         self._real_mount = mount_fn
         self._real_unmount = unmount_fn
-        super().__init__(self._shared_mount, self._shared_unmount)
+        self._count_direct = count_direct
+        super().__init__(lambda: store, self._shared_mount, self._shared_unmount)
+
+    def _first_hold(self, mount: Mount) -> None:
+        if mount.is_direct and not self._count_direct:
+            return
+        super()._first_hold(mount)
+
+    def _last_release(self, mount: Mount) -> None:
+        if mount.is_direct and not self._count_direct:
+            return
+        super()._last_release(mount)
 
     def _shared_mount(self, spec: Mount) -> None:
         self.store.acquire(

@@ -12,7 +12,13 @@ Lifecycle vocabulary:
   to its parent.
 
 Drivers implement the storage methods and :meth:`Driver._mount_spec`; the
-counting lives once, in :class:`lamina._fs.Mounter`.  Drivers without a
+counting lives once, in :class:`lamina._fs.Mounter`.  Holds are visible
+across processes: a direct view's first ``get`` in a process is recorded in
+the hold store (``home/.run``, :class:`lamina._fs.RefStore`), as are
+``mount`` holds and open ``diff`` streams (which ``get`` the layer), so that
+``remove`` in any process refuses a held layer with
+:class:`~lamina.errors.InUseError` rather than pulling it out from under its
+user (a ``diff`` stream is never silently truncated).  Drivers without a
 faster native path inherit ``diff``, ``changes``, ``apply_diff`` and
 ``diff_size`` from :mod:`lamina.drivers._naive`, which compares merged views
 with the archive engine.
@@ -27,7 +33,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from lamina._fs import Mounter
+from lamina._fs import HoldingMounter, Mounter
 from lamina.errors import InUseError, InvalidArgumentError, NotFoundError, NotSupportedError
 
 if TYPE_CHECKING:
@@ -75,8 +81,12 @@ class Driver(abc.ABC):
         self._mounter = self._make_mounter()
 
     def _make_mounter(self) -> Mounter:
-        """The mounter for this driver; drivers that mount override this."""
-        return Mounter()
+        """The mounter for this driver; drivers that mount override this.
+
+        Direct views are counted across processes in the hold store, so
+        that ``remove`` in another process refuses a layer this one holds.
+        """
+        return HoldingMounter(self._hold_store)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} home={str(self.home)!r}>"
@@ -168,6 +178,26 @@ class Driver(abc.ABC):
 
             store = self._detached_holds = RefStore(self.home / ".run")
         return store
+
+    def _held_by(self, id: str, *targets: str | os.PathLike[str]) -> str | None:
+        """Who holds a view of ``id`` (this process, or another through the hold store), or None.
+
+        ``targets`` are the view roots whose holds count.  Without a hold
+        table (``.run/mounts.json``) nothing is held anywhere and the store
+        is not even loaded: ``remove`` of an unheld vfs layer stays cheap.
+        """
+        if self._mounter.count(id):
+            return "this process holds its view (get without put)"
+        if getattr(self, "_detached_holds", None) is None and not os.path.exists(
+            self.home / ".run" / "mounts.json"
+        ):
+            return None
+        store = self._hold_store()
+        for target in targets:
+            holders = store.holders(os.fspath(target))
+            if holders:
+                return f"held by {', '.join(sorted(holders))} (get, mount or a diff stream)"
+        return None
 
     def _do_mount(self, mount: Mount) -> None:
         """Make a non-direct view appear; drivers that mount override this."""

@@ -17,24 +17,35 @@ On-disk layout under ``home`` (``<root>/vfs``, created 0o700):
   being deleted, so a crash never leaves a half-deleted layer visible;
 * ``state/<id>.pristine`` — the layer still equals its parent (it was never
   handed out by ``get`` nor applied to); holds the parent id;
-* ``state/<id>.applying`` — an ``apply_diff`` into the layer is under way;
+* ``state/<id>.applying`` — an ``apply_diff`` into the layer is under way
+  (it names the applying process, ``<pid>:<start time>``);
 * ``state/<id>.parent`` — the parent the layer was created on, for
-  :meth:`~lamina.drivers.Driver.parent` (layers without parent have none).
+  :meth:`~lamina.drivers.Driver.parent` (layers without parent have none);
+* ``locks/<digest>.lock`` — one ``flock`` per layer (see below).
 
 Atomic ``apply_diff``.  The usual sequence (create, then apply) hits a
 pristine layer: the tar is applied in place, and if it fails the layer is
 rebuilt from its parent, which is exactly what it held before — no extra
 copy on success.  A layer that may hold other changes is copied to
 ``staging/`` (a reflink where possible), applied there and swapped in with
-``renameat2(RENAME_EXCHANGE)``.  Either way a failed apply leaves the layer
-as it was, and a ``kill -9`` mid-apply leaves an ``applying`` record that
-``cleanup`` rolls back (or, if the parent is gone, the layer is removed);
-``get`` refuses such a layer until then.
+``renameat2(RENAME_EXCHANGE)`` through :class:`lamina._fs.StagingArea`.
+Either way a failed apply leaves the layer as it was, and a ``kill -9``
+mid-apply leaves an ``applying`` record (written with fsync) that the next
+``apply_diff`` of the layer or ``cleanup`` rolls back (or, if the parent is
+gone, the layer is removed); ``get`` refuses such a layer until then.
 
-``cleanup`` sweeps the leftover directories (staging entries only when the
-process that made them is gone) and rolls back interrupted applies.
-Durability against power loss is left to the store's commit point; see
-:mod:`lamina._fs._atomic`.
+Concurrency.  ``apply_diff`` holds the layer's lock for its whole length:
+a second apply of the same layer, in any process, waits for the first (up
+to ``lock_timeout`` seconds, then :class:`~lamina.errors.LockTimeoutError`)
+and then applies on top of it, as two ``docker`` pulls of one layer are
+serialised by the daemon.  ``remove`` does not wait: a layer being applied
+to, held by ``get`` (in any process), by ``lamina mount`` or by a ``diff``
+stream raises :class:`~lamina.errors.InUseError`.  ``cleanup`` rolls back
+only applies whose recorded process is gone, under the layer's lock.
+
+``cleanup`` sweeps the leftover directories of processes that are gone
+and rolls back interrupted applies.  Durability of layer data against power
+loss is left to the store's commit point; see :mod:`lamina._fs._atomic`.
 
 All diff operations are the naive ones (compare merged views).  There is no
 quota mechanism, so a ``size`` option raises
@@ -53,13 +64,16 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from lamina import archive
 from lamina._fs import (
+    DEFAULT_LOCK_TIMEOUT,
     Mount,
-    exchange_dirs,
-    made_by_other_live_process,
-    make_staging_dir,
+    StagingArea,
+    layer_lock,
+    owner_alive,
+    owner_token,
     remove_tree,
-    rename_noreplace,
     retire_dir,
+    sweep_atomic_writes,
+    unlink_lock,
     write_file_atomic,
 )
 from lamina._units import ram_in_bytes
@@ -68,6 +82,7 @@ from lamina.errors import (
     AlreadyExistsError,
     InUseError,
     InvalidArgumentError,
+    LockTimeoutError,
     NotFoundError,
     QuotaNotSupportedError,
     StateError,
@@ -79,6 +94,9 @@ if TYPE_CHECKING:
 __all__ = ["VfsDriver"]
 
 _XATTRS_OPTION = "vfs.xattrs"
+#: Seconds cleanup waits for the lock of an apply whose process died (its forked
+#: file helpers hold the lock until PR_SET_PDEATHSIG has killed them too).
+_ORPHAN_LOCK_WAIT = 10.0
 _XATTRS_BEST_EFFORT = "i_want_broken_containers"
 
 
@@ -131,6 +149,10 @@ class VfsDriver(Driver):
         self._staging = self.home / "staging"
         self._removing = self.home / "removing"
         self._state = self.home / "state"
+        self._locks = self.home / "locks"
+        self._area = StagingArea(self._staging)
+        #: seconds an apply waits for another process's apply of the same layer
+        self.lock_timeout = DEFAULT_LOCK_TIMEOUT
         self._lock = threading.Lock()
         self._in_flight: set[str] = set()
         self._last_copy_method = ""
@@ -182,9 +204,7 @@ class VfsDriver(Driver):
             if not parent_dir.is_dir():
                 raise NotFoundError(f"parent layer {parent} of {id} does not exist")
         os.makedirs(self._layers, mode=0o700, exist_ok=True)
-        staging = make_staging_dir(self._staging, id)
-        with self._lock:
-            self._in_flight.add(staging.name)
+        staging = self._area.new(id)
         try:
             if parent_dir is None:
                 os.chmod(staging, 0o755)
@@ -196,18 +216,15 @@ class VfsDriver(Driver):
                 self._mark(id, "pristine", parent)
                 self._mark(id, "parent", parent)
             try:
-                rename_noreplace(staging, target)
+                self._area.publish(staging, target)
             except FileExistsError:
                 raise AlreadyExistsError(f"layer {id} already exists") from None
         except BaseException:
-            remove_tree(staging)
+            self._area.discard(staging)
             if not os.path.isdir(target):
                 self._unmark(id, "pristine")
                 self._unmark(id, "parent")
             raise
-        finally:
-            with self._lock:
-                self._in_flight.discard(staging.name)
 
     # -- state records ---------------------------------------------------------
 
@@ -219,26 +236,61 @@ class VfsDriver(Driver):
         import json  # records are rare (a create with a parent, an apply): load on use
 
         os.makedirs(self._state, mode=0o700, exist_ok=True)
-        text = json.dumps({"id": id, "parent": parent})
-        write_file_atomic(self._record(id, what), text.encode(), 0o600, durable=False)
+        # the owner lets cleanup tell a live apply from a dead one's leftover
+        text = json.dumps({"id": id, "parent": parent, "owner": owner_token()})
+        # durable: an ``applying`` record that a power loss forgot would leave a
+        # half-applied layer looking whole
+        write_file_atomic(self._record(id, what), text.encode(), 0o600)
 
     def _unmark(self, id: str, what: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._record(id, what))
 
     def _marked(self, id: str, what: str) -> str | None:
-        """The parent recorded with the record, or None when there is no record."""
+        """The parent recorded with the record, or None when there is no record.
+
+        A damaged record is a StateError: ``cleanup`` deals with it.
+        """
+        path = self._record(id, what)
         try:
-            raw = self._record(id, what).read_bytes()
+            raw = path.read_bytes()
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise StateError(f"{path}: unreadable {what} record (run cleanup)") from exc
         import json  # most layers have no record: load on use
 
-        data = json.loads(raw)
-        return str(data["parent"])
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict) or data.get("id") != id:
+                raise ValueError("not this layer's record")
+            return str(data["parent"])
+        except (ValueError, KeyError):
+            raise StateError(f"{path}: damaged {what} record of layer {id} (run cleanup)") from None
 
     def remove(self, id: str) -> None:
-        """Rename the layer out of sight, then delete it; a missing layer is fine."""
+        """Rename the layer out of sight, then delete it; a missing layer is fine.
+
+        A layer held by ``get``, ``lamina mount`` or a ``diff`` stream (in
+        any process), or being applied to, raises InUseError and is left
+        as it is.
+        """
+        target = self._dir(id)
+        if not os.path.lexists(target):
+            self._unmark(id, "pristine")
+            return
+        holder = self._held_by(id, target)
+        if holder:
+            raise InUseError(f"layer {id} is in use: {holder}")
+        try:
+            with layer_lock(self._locks, id, timeout=0):
+                self._remove_locked(id)
+                unlink_lock(self._locks, id)
+        except LockTimeoutError:
+            raise InUseError(f"layer {id} is being applied to (in another process)") from None
+
+    def _remove_locked(self, id: str) -> None:
+        """Retire and delete the layer and its records; the caller holds the layer's lock."""
         retired = retire_dir(self._dir(id), self._removing, id)
         self._unmark(id, "pristine")
         self._unmark(id, "applying")
@@ -287,23 +339,20 @@ class VfsDriver(Driver):
         return {"Dir": str(path)}
 
     def cleanup(self) -> None:
-        """Sweep crash leftovers (half-built and half-removed layers), then release views."""
-        with self._lock:
-            in_flight = set(self._in_flight)
-        for area in (self._removing, self._staging):
-            try:
-                names = os.listdir(area)
-            except FileNotFoundError:
-                continue
-            for name in names:
-                if name in in_flight or made_by_other_live_process(name):
-                    continue  # being built or deleted right now
-                remove_tree(area / name)
+        """Sweep crash leftovers (half-built and half-removed layers), then release views.
+
+        Only leftovers of processes that are gone are swept, and only
+        applies whose layer lock is free (their process is gone) are rolled
+        back: another process's work in flight is left alone.
+        """
+        StagingArea(self._removing).sweep()
+        self._area.sweep()
+        sweep_atomic_writes(self._state)
         self._recover_applies()
         super().cleanup()
 
     def _recover_applies(self) -> None:
-        """Roll back applies that a crash interrupted, and drop stale records."""
+        """Roll back applies that a crash interrupted, and drop stale or damaged records."""
         try:
             names = os.listdir(self._state)
         except FileNotFoundError:
@@ -311,12 +360,14 @@ class VfsDriver(Driver):
         import json
 
         for name in names:
-            what = name.rpartition(".")[2]
+            digest, _, what = name.rpartition(".")
+            if what not in ("pristine", "applying"):
+                continue  # not one of our records
             try:
                 id = str(json.loads((self._state / name).read_bytes())["id"])
-            except (OSError, ValueError, KeyError):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._state / name)  # torn or foreign record
+                validate_id(id)
+            except (OSError, ValueError, KeyError, TypeError, InvalidArgumentError):
+                self._damaged_record(digest, what, self._state / name)
                 continue
             if not os.path.isdir(self._layers / id):
                 self._unmark(id, what)  # the layer is gone: the record is stale
@@ -324,7 +375,49 @@ class VfsDriver(Driver):
                 with self._lock:
                     if id in self._in_flight:
                         continue
-                self._restore(id, self._marked(id, "applying") or "")
+                if self._apply_owner_alive(id):
+                    continue  # another process is applying right now: not a leftover
+                try:
+                    # its owner is dead; the lock may outlive it by an instant in the
+                    # helpers it forked (they die with it): wait for them, briefly
+                    with layer_lock(self._locks, id, timeout=_ORPHAN_LOCK_WAIT):
+                        parent = self._marked(id, "applying")
+                        if parent is not None:
+                            self._restore(id, parent)
+                except LockTimeoutError:
+                    continue  # a new apply took the layer meanwhile
+
+    def _apply_owner_alive(self, id: str) -> bool:
+        """Whether the process that wrote the layer's ``applying`` record still runs."""
+        import json
+
+        try:
+            owner = json.loads(self._record(id, "applying").read_bytes()).get("owner")
+        except (OSError, ValueError, AttributeError):
+            return False
+        return isinstance(owner, str) and owner_alive(owner)
+
+    def _damaged_record(self, digest: str, what: str, path: Path) -> None:
+        """A record that cannot be read: drop it, and a layer it may have left half-applied.
+
+        The record names its layer by digest only, so the layer is found by
+        hashing the ids in ``dir/`` (only damaged records pay for that).  A
+        damaged ``pristine`` record just loses a shortcut; a damaged
+        ``applying`` record means an interrupted apply whose parent is
+        unknown: the layer cannot be rebuilt, and is better gone than
+        half-applied.
+        """
+        if what == "applying":
+            with contextlib.suppress(FileNotFoundError):
+                for entry in os.scandir(self._layers):
+                    if self._record(entry.name, what).name.startswith(digest + "."):
+                        try:
+                            with layer_lock(self._locks, entry.name, timeout=0):
+                                self._remove_locked(entry.name)
+                        except LockTimeoutError:
+                            return  # being applied to right now: its applier rewrites the record
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
     # -- views ------------------------------------------------------------------
 
@@ -344,23 +437,39 @@ class VfsDriver(Driver):
     # -- diffs --------------------------------------------------------------------
 
     def apply_diff(self, id: str, parent: str | None, diff: BinaryIO) -> int:
-        """Extract a layer tar into ``id``, all or nothing; returns the layer size."""
+        """Extract a layer tar into ``id``, all or nothing; returns the layer size.
+
+        Holds the layer's lock: a concurrent apply of the same layer (any
+        process) waits for this one, then applies on top of it.  An apply a
+        ``kill -9`` interrupted is rolled back first, so a retry never lands
+        on top of half a tar.
+        """
         del parent  # the layer already starts as a copy of its parent
         target = self._dir(id)
         if not target.is_dir():
             raise NotFoundError(f"layer {id} does not exist")
-        if self._mounter.count(id):
-            raise InUseError(f"layer {id} is in use (get without put); cannot apply to it")
+        holder = self._held_by(id, target)
+        if holder:
+            raise InUseError(f"layer {id} is in use ({holder}); cannot apply to it")
         options = archive.ApplyOptions(best_effort_xattrs=self.best_effort_xattrs)
-        pristine_parent = self._marked(id, "pristine")
         with self._lock:
             if id in self._in_flight:
                 raise InUseError(f"layer {id} is already being applied to")
             self._in_flight.add(id)
         try:
-            if pristine_parent is not None or not any(os.scandir(target)):
-                return self._apply_in_place(id, target, pristine_parent or "", diff, options)
-            return self._apply_to_copy(id, target, diff, options)
+            with layer_lock(self._locks, id, timeout=self.lock_timeout):
+                if not target.is_dir():
+                    raise NotFoundError(f"layer {id} does not exist")
+                interrupted = self._marked(id, "applying")
+                if interrupted is not None:  # a killed apply: its lock died with it
+                    self._restore(id, interrupted)
+                    if not target.is_dir():
+                        raise NotFoundError(f"layer {id} was removed: its parent is gone")
+                self._area.sweep(id)
+                pristine_parent = self._marked(id, "pristine")
+                if pristine_parent is not None or not any(os.scandir(target)):
+                    return self._apply_in_place(id, target, pristine_parent or "", diff, options)
+                return self._apply_to_copy(id, target, diff, options)
         finally:
             with self._lock:
                 self._in_flight.discard(id)
@@ -383,35 +492,25 @@ class VfsDriver(Driver):
         self, id: str, target: Path, diff: BinaryIO, options: archive.ApplyOptions
     ) -> int:
         """Apply into a copy of the layer and swap it in when complete."""
-        staging = make_staging_dir(self._staging, id)
-        try:
+        with self._area.staged(id) as staging:
             copy_tree(target, staging, best_effort_xattrs=self.best_effort_xattrs)
             size = archive.apply_layer(diff, staging, options)
-            exchange_dirs(staging, target)
-        except BaseException:
-            remove_tree(staging)
-            raise
-        remove_tree(staging)  # now holds the old tree
-        return size
+            self._area.exchange(staging, target)
+        return size  # the stage held the old tree and is gone with the block
 
     def _restore(self, id: str, parent: str) -> None:
         """Put back what the layer held before an interrupted apply: its parent's tree."""
         target = self._dir(id)
         parent_dir = self._layers / parent if parent else None
         if parent_dir is not None and not parent_dir.is_dir():
-            self.remove(id)  # cannot rebuild it: better gone than half-applied
+            self._remove_locked(id)  # cannot rebuild it: better gone than half-applied
             return
-        staging = make_staging_dir(self._staging, id)
-        try:
+        with self._area.staged(id) as staging:
             if parent_dir is None:
                 os.chmod(staging, 0o755)
             else:
                 copy_tree(parent_dir, staging, best_effort_xattrs=self.best_effort_xattrs)
-            exchange_dirs(staging, target)
-        except BaseException:
-            remove_tree(staging)
-            raise
-        remove_tree(staging)
+            self._area.exchange(staging, target)
         if parent:
             self._mark(id, "pristine", parent)
         self._unmark(id, "applying")

@@ -19,8 +19,26 @@ Diffs are native — read from ``diff/`` alone — when the parent asked about
 is the layer's real parent and a probe mount shows that this kernel with our
 mount options records every change in the upper directory (no redirects, no
 metacopy, no opaque copy-up bug); otherwise the naive path compares merged
-views.  ``apply_diff`` extracts straight into ``diff/`` with overlay
-whiteouts, without a mount.
+views.  ``apply_diff`` extracts into ``diff/`` with overlay whiteouts,
+without a mount, whatever parent the caller names (a layer tar is always
+relative to the layer's own parent): into a fresh sibling that replaces an
+empty ``diff/`` in one rename, or, when ``diff/`` has content, into a copy
+of it that is swapped in with ``RENAME_EXCHANGE`` (both through
+:class:`lamina._fs.StagingArea`), so a failed or killed apply leaves the
+layer exactly as it was.
+
+Concurrency and holds.  ``apply_diff`` and ``remove`` take the layer's
+lock (``.locks/``): a second apply of the same layer, in any process, waits
+for the first (up to ``lock_timeout`` seconds, then
+:class:`~lamina.errors.LockTimeoutError`) and applies on top of it, as the
+Docker daemon serialises two pulls of one layer.  ``create`` of a child
+takes its parent's lock shared, so a parent cannot be removed under a
+child being built.  ``remove`` raises :class:`~lamina.errors.InUseError`
+for a layer with children, a layer being applied to, and a layer whose
+view is held by ``get``, ``lamina mount`` or an open ``diff`` stream in any
+process — base layers (served without a mount) included.  ``apply_diff``
+refuses a layer whose view is held: the kernel keeps a mounted upper
+directory by inode, so the exchange would hide the apply from the view.
 
 A ``size`` storage option on a read-write layer is enforced with an XFS
 project quota where the backing filesystem is XFS mounted with ``pquota``,
@@ -50,17 +68,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import stat
 import sys
-import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from lamina import archive
 from lamina._change import Change
 from lamina._fs import (
+    DEFAULT_LOCK_TIMEOUT,
     DETACHED,
     MNT_DETACH,
     Mount,
@@ -71,14 +90,15 @@ from lamina._fs import (
     ProjectQuota,
     RefStore,
     SharedMounter,
+    StagingArea,
+    copy_tree,
     create_image,
     fs_identity,
     fs_name,
     grow_image,
     grow_mounted_image,
     image_is_mounted,
-    made_by_other_live_process,
-    make_staging_dir,
+    layer_lock,
     mount_image,
     mount_spec,
     mountinfo,
@@ -87,11 +107,11 @@ from lamina._fs import (
     probe_native_diff,
     probe_overlay_mount,
     remove_tree,
-    rename_noreplace,
     retire_dir,
     statfs_magic,
     supports_d_type,
     umount,
+    unlink_lock,
     unmount_below,
     unmount_image,
     write_file_atomic,
@@ -116,6 +136,7 @@ from lamina.errors import (
     InUseError,
     InvalidArgumentError,
     LaminaError,
+    LockTimeoutError,
     MaxDepthError,
     NotFoundError,
     PrerequisitesError,
@@ -268,6 +289,48 @@ class _OverlayFileGetter:
         return None
 
 
+_APPLY_PREFIX = ".apply"
+LOCK_DIR = ".locks"
+
+
+def _stream_key(layer_dir: Path) -> str:
+    """The hold-store key under which open ``diff`` streams of a layer are counted.
+
+    Not a path, so reconciling never mistakes it for a mount.
+    """
+    return f"diff-stream:{layer_dir}"
+
+
+class _HoldingStream(io.RawIOBase):
+    """A readable stream that drops a hold when closed (or collected)."""
+
+    def __init__(self, inner: BinaryIO, release: Callable[[], object]) -> None:
+        super().__init__()
+        self._inner = inner
+        self._release: Callable[[], object] | None = release
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self._inner.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._inner.read(size)
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._inner.close()
+            finally:
+                release, self._release = self._release, None
+                if release is not None:
+                    release()
+        super().close()
+
+
 class OverlayDriver(Driver):
     """Docker's overlay2 on lamina's contract; see the module docstring."""
 
@@ -329,14 +392,16 @@ class OverlayDriver(Driver):
         self._links = self._root / LINK_DIR
         self._staging = self._root / STAGING_DIR
         self._removing = self._root / REMOVING_DIR
+        self._locks = self._root / LOCK_DIR
+        self._area = StagingArea(self._staging)
+        #: seconds an apply waits for another process's apply of the same layer
+        self.lock_timeout = DEFAULT_LOCK_TIMEOUT
         self._store = RefStore(self.runroot)
         self._probes.save()
         self._default_size = ram_in_bytes(opts["size"]) if "size" in opts else 0
         self._quota_mode = opts.get("quota", "auto")
         self._native_mode = opts.get("native_diff", "auto")
         self._detached = opts.get("detached_views", "false") == "true"
-        self._lock = threading.Lock()
-        self._in_flight: set[str] = set()
         self._native_probe: NativeDiffProbe | None = None
         self._project_quota: ProjectQuota | None = None
         self._quota_error: QuotaNotSupportedError | None = None
@@ -390,7 +455,7 @@ class OverlayDriver(Driver):
         return self._max_lowers
 
     def _make_mounter(self) -> Mounter:
-        return SharedMounter(self._store, self._do_mount, self._do_unmount)
+        return SharedMounter(self._store, self._do_mount, self._do_unmount, count_direct=True)
 
     # -- paths ---------------------------------------------------------------------
 
@@ -647,19 +712,28 @@ class OverlayDriver(Driver):
         target = self._dir(id)
         if os.path.lexists(target):
             raise AlreadyExistsError(f"layer {id} already exists")
+        if not parent:
+            self._build(id, target, None, size)
+            return
+        self._existing_dir(parent)
+        try:
+            # shared: siblings are built side by side, but the parent is not removed meanwhile
+            with layer_lock(self._locks, parent, timeout=self.lock_timeout, shared=True):
+                self._build(id, target, self._existing_dir(parent), size)
+        except LockTimeoutError as exc:
+            raise InUseError(f"parent layer {parent} of {id} is being removed: {exc}") from exc
+
+    def _build(self, id: str, target: Path, parent_dir: Path | None, size: int) -> None:
+        """Stage the layer's directory and publish it under its name in one rename."""
         lowers: list[str] = []
-        parent_dir: Path | None = None
-        if parent:
-            parent_dir = self._existing_dir(parent)
+        if parent_dir is not None:
             lowers = [f"{LINK_DIR}/{read_link(parent_dir)}", *(read_lower(parent_dir) or [])]
             if len(lowers) > _LEGACY_MAX_LOWERS and len(lowers) > self.max_lowers:
                 raise MaxDepthError(
                     f"max depth exceeded: layer {id} would have {len(lowers)} lower layers; "
                     f"overlayfs here stacks at most {self.max_lowers}"
                 )
-        staging = make_staging_dir(self._staging, id, 0o710)
-        with self._lock:
-            self._in_flight.add(staging.name)
+        staging = self._area.new(id, 0o710)
         link_path: Path | None = None
         try:
             os.chmod(staging, 0o710)
@@ -684,18 +758,15 @@ class OverlayDriver(Driver):
             if parent_dir is not None:
                 write_small_file(parent_dir / "committed", "", 0o600)
             try:
-                rename_noreplace(staging, target)
+                self._area.publish(staging, target)
             except FileExistsError:
                 raise AlreadyExistsError(f"layer {id} already exists") from None
         except BaseException:
             if link_path is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(link_path)
-            self._discard(staging)
+            self._area.discard(staging, self._discard)
             raise
-        finally:
-            with self._lock:
-                self._in_flight.discard(staging.name)
 
     def _inherit_root(self, diff: Path, parent_dir: Path | None) -> None:
         """Give a new ``diff/`` its parent's root mode and owner (0755 root:root without one).
@@ -719,17 +790,26 @@ class OverlayDriver(Driver):
     def remove(self, id: str) -> None:
         """Delete a layer (renamed out of sight first); a missing layer is fine.
 
-        A layer whose view is held by a live process raises InUseError.
+        InUseError, and nothing changes, for a layer with children, one
+        being applied to, or one whose view is held (``get``, ``lamina
+        mount``, a ``diff`` stream) by any live process.
         """
         path = self._dir(id)
         if not os.path.lexists(path):
             return
         if self._mounter.count(id):  # outside the store lock: the mounter's comes first
-            raise InUseError(f"layer {id} is in use (this process holds its view)")
-        with self._store.locked():
-            if self._store.holders(str(path / "merged")):
-                raise InUseError(f"layer {id} is in use (its view is mounted)")
-            retired = retire_dir(path, self._removing, id)
+            raise InUseError(f"layer {id} is in use (this process holds its view); cannot remove")
+        try:
+            with layer_lock(self._locks, id, timeout=0):
+                self._refuse_if_parent(id, path)
+                with self._store.locked():
+                    self._refuse_if_held(id, path, "remove")
+                    retired = retire_dir(path, self._removing, id)
+                unlink_lock(self._locks, id)
+        except LockTimeoutError:
+            raise InUseError(
+                f"layer {id} is in use: being applied to, or a child is being created on it"
+            ) from None
         if retired is None:
             return
         with contextlib.suppress(StateError, OSError):
@@ -740,6 +820,48 @@ class OverlayDriver(Driver):
         """The nearest entry of ``lower``, followed through its short link to the layer id."""
         chain = self._chain(self._existing_dir(id))
         return chain[0] if chain else None
+
+    def _hold_targets(self, path: Path) -> list[str]:
+        """Every key under which a view of the layer at ``path`` is counted."""
+        return [
+            str(path / "merged"),  # a layer with a parent
+            str(path / "diff"),  # a base layer, served as its diff/
+            str(path / "quota" / "diff"),  # a size-limited base layer
+            _stream_key(path),  # an open diff stream
+        ]
+
+    def _refuse_if_held(self, id: str, path: Path, what: str) -> None:
+        if self._mounter.count(id):  # outside the store lock: the mounter's comes first
+            raise InUseError(f"layer {id} is in use (this process holds its view); cannot {what}")
+        held = self._store.first_held(self._hold_targets(path))
+        if held is not None:
+            holders = held[1]
+            raise InUseError(
+                f"layer {id} is in use (held by {', '.join(sorted(holders))}: "
+                f"get, mount or a diff stream); cannot {what}"
+            )
+
+    def _refuse_if_parent(self, id: str, path: Path) -> None:
+        """InUseError if a layer stands on this one (its short link is in a ``lower`` file).
+
+        ``committed`` marks a layer that ever had a child: only those pay
+        for the scan of the other layers' ``lower`` files.
+        """
+        if not (path / "committed").exists():
+            return
+        try:
+            entry = f"{LINK_DIR}/{read_link(path)}"
+        except StateError:
+            return
+        for name in self._layer_names():
+            if name == id:
+                continue
+            try:
+                lower = read_lower(self._root / name)
+            except (StateError, OSError):
+                continue
+            if lower and entry in lower:
+                raise InUseError(f"layer {id} has children (layer {name} stands on it)")
 
     def exists(self, id: str) -> bool:
         """Whether ``home/<id>`` exists (invalid or reserved ids never do)."""
@@ -832,7 +954,9 @@ class OverlayDriver(Driver):
         if not self._detached:
             return super().get(id, mount_label)
         spec = self._mount_spec(id, mount_label)
-        if not spec.is_direct:
+        if spec.is_direct:
+            self._store.hold(str(spec.target), DETACHED)
+        else:
             self._store.acquire(
                 str(spec.target),
                 lambda: self._do_mount(spec),
@@ -867,7 +991,9 @@ class OverlayDriver(Driver):
             return
         path = self._existing_dir(id)
         if read_lower(path) is None:
-            return  # a direct view: nothing was counted
+            if self._store.unhold(self._upper(id), DETACHED) < 0:
+                raise InUseError(f"put of {id!r} without a matching get")
+            return
         spec = Mount("overlay", "overlay", path / "merged")
         if self._store.release(str(spec.target), lambda: self._do_unmount(spec), DETACHED) < 0:
             raise InUseError(f"put of {id!r} without a matching get")
@@ -944,24 +1070,16 @@ class OverlayDriver(Driver):
         on demand.
         """
         super().cleanup()
-        with self._lock:
-            in_flight = set(self._in_flight)
+        self._store.sweep_temporaries()
         with self._store.locked() as table:
             for holders in table.values():
                 holders.pop(DETACHED, None)
             self._reconcile()
-            for area in (self._staging, self._removing):
-                try:
-                    names = os.listdir(area)
-                except FileNotFoundError:
-                    continue
-                for name in names:
-                    if name in in_flight or made_by_other_live_process(name):
-                        continue
-                    self._discard(area / name)
-            self._repair_links(in_flight)
+            StagingArea(self._staging).sweep(remove=self._discard)
+            StagingArea(self._removing).sweep(remove=self._discard)
+            self._repair_links()
             for name in self._layer_names():
-                self._sweep_layer(self._root / name, in_flight)
+                self._sweep_layer(self._root / name)
             if not self._store.counts():
                 for name in self._layer_names():
                     # not lazily: an image still in use (an apply_diff in another
@@ -973,7 +1091,7 @@ class OverlayDriver(Driver):
                         if exc.errno != errno.EBUSY:
                             raise
 
-    def _repair_links(self, in_flight: set[str]) -> None:
+    def _repair_links(self) -> None:
         building = (
             {n.rsplit(".", 2)[0] for n in os.listdir(self._staging)}
             if (self._staging.is_dir())
@@ -996,19 +1114,10 @@ class OverlayDriver(Driver):
             if not os.path.lexists(self._links / link):
                 os.symlink(f"../{name}/diff", self._links / link)
 
-    def _sweep_layer(self, path: Path, in_flight: set[str]) -> None:
+    def _sweep_layer(self, path: Path) -> None:
+        """Delete the ``.apply`` stages of applies whose process is gone."""
         for parent in (path, path / "quota"):
-            try:
-                names = os.listdir(parent)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for name in names:
-                if (
-                    name.startswith(".apply.")
-                    and name not in in_flight
-                    and not made_by_other_live_process(name)
-                ):
-                    remove_tree(parent / name)
+            StagingArea(parent, _APPLY_PREFIX).sweep()
 
     # -- diffs -------------------------------------------------------------------------
 
@@ -1055,7 +1164,17 @@ class OverlayDriver(Driver):
         """Tar of ``diff/`` with overlay whiteouts turned into ``.wh.`` entries (native)."""
         if not self._native(id, parent):
             return super().diff(id, parent)
-        return archive.export_tree(self._diff_dir(id), whiteouts=archive.WhiteoutFormat.OVERLAY)
+        key = _stream_key(self._existing_dir(id))
+        self._store.hold(key)
+        try:
+            stream = archive.export_tree(
+                self._diff_dir(id), whiteouts=archive.WhiteoutFormat.OVERLAY
+            )
+        except BaseException:
+            self._store.unhold(key)
+            raise
+        holding = _HoldingStream(stream, lambda: self._store.unhold(key))
+        return cast(BinaryIO, holding)  # reads go straight to the exporter: no second buffer
 
     def changes(self, id: str, parent: str | None = None) -> list[Change]:
         """Changes read from ``diff/`` against the lower chain (native), sorted."""
@@ -1071,41 +1190,43 @@ class OverlayDriver(Driver):
         return upper_size(self._diff_dir(id))
 
     def apply_diff(self, id: str, parent: str | None, diff: BinaryIO) -> int:
-        """Extract a layer tar into ``diff/`` with overlay whiteouts (native), no mount.
+        """Extract a layer tar into ``diff/`` with overlay whiteouts, all or nothing; no mount.
 
-        A layer whose ``diff/`` is empty and unmounted is filled in a
-        sibling directory that replaces ``diff/`` in one rename, so a failed
-        or interrupted apply leaves the layer as it was.  Returns the size
-        the archive engine reports (the sum of the entries' sizes).
+        ``parent`` may be None (the layer's recorded parent is meant) or
+        the real parent; another layer is an InvalidArgumentError, raised
+        before anything is touched.  An empty ``diff/`` is filled in a
+        sibling directory that replaces it in one rename (the fast path, no
+        copy); a ``diff/`` with content is copied (a reflink where the
+        filesystem can), applied and swapped in.  Holds the layer's lock:
+        a concurrent apply waits, then applies on top.  Returns the size the
+        archive engine reports (the sum of the entries' sizes).
         """
-        if not self._native(id, parent):
-            return super().apply_diff(id, parent, diff)
-        diff_dir = self._diff_dir(id)
+        path = self._existing_dir(id)
+        if parent and not self._is_parent(id, parent):
+            raise InvalidArgumentError(
+                f"layer {parent} is not the parent of {id}: a layer tar applies to its own parent"
+            )
         options = archive.ApplyOptions(whiteouts=archive.WhiteoutFormat.OVERLAY)
-        in_place = self._mounter.count(id) > 0 or bool(
-            self._store.holders(str(self._dir(id) / "merged"))
-        )
-        if not in_place:  # unless diff/ has content already
+        with layer_lock(self._locks, id, timeout=self.lock_timeout):
+            path = self._existing_dir(id)  # not removed while we waited
+            self._refuse_if_held(id, path, "apply to it")
+            diff_dir = self._diff_dir(id)
+            area = StagingArea(diff_dir.parent, _APPLY_PREFIX)
+            area.sweep()  # what an apply killed before us left
             with os.scandir(diff_dir) as entries:
-                in_place = next(entries, None) is not None
-        if in_place:
-            return archive.apply_layer(diff, diff_dir, options)
-        stage = make_staging_dir(diff_dir.parent, ".apply", 0o755)
-        with self._lock:
-            self._in_flight.add(stage.name)
-        try:
-            st = os.lstat(diff_dir)
-            os.chown(stage, st.st_uid, st.st_gid)
-            os.chmod(stage, stat.S_IMODE(st.st_mode))
-            size = archive.apply_layer(diff, stage, options)
-            os.rename(stage, diff_dir)
+                empty = next(entries, None) is None
+            with area.staged("", 0o755) as stage:
+                if empty:
+                    st = os.lstat(diff_dir)
+                    os.chown(stage, st.st_uid, st.st_gid)
+                    os.chmod(stage, stat.S_IMODE(st.st_mode))
+                    size = archive.apply_layer(diff, stage, options)
+                    area.replace_empty(stage, diff_dir)
+                else:
+                    copy_tree(diff_dir, stage)
+                    size = archive.apply_layer(diff, stage, options)
+                    area.exchange(stage, diff_dir)  # the stage now holds the old tree
             return size
-        except BaseException:
-            remove_tree(stage)
-            raise
-        finally:
-            with self._lock:
-                self._in_flight.discard(stage.name)
 
     def diff_getter(self, id: str) -> FileGetter:
         """Files by tar entry name from ``diff/`` and then the lower chain; no mount."""
