@@ -49,7 +49,7 @@ import errno
 import os
 import stat
 
-__all__ = ["ATTEMPTS", "HELD", "remove_tree", "remove_tree_at"]
+__all__ = ["ATTEMPTS", "HELD", "ShortPaths", "remove_tree", "remove_tree_at"]
 
 #: Directory descriptors kept open along the current path, at most.
 HELD = 64
@@ -227,3 +227,60 @@ def _reopen_parent(child_fd: int, key: tuple[int, int]) -> int:
         os.close(fd)
         raise OSError(errno.ESTALE, "a directory being removed was moved away")
     return fd
+
+
+class ShortPaths:
+    """Names for paths longer than ``PATH_MAX`` that system calls accept.
+
+    A walk that works with full paths (simple, and as fast as any) meets
+    paths past ``PATH_MAX`` in a deep tree, where every call on them fails
+    with ``ENAMETOOLONG``.  :meth:`get` turns such a path into
+    ``/proc/self/fd/<N>/<rest>``: ``N`` is a descriptor (``O_PATH``, opened
+    without following a final symlink) of an ancestor directory short
+    enough to open, repeatedly until what is left is short.  A path that is
+    already short is returned as it is, so the common case costs nothing.
+
+    The descriptors are kept in a least-recently-used table of at most
+    ``held`` entries, so a wide tree of long paths cannot exhaust the
+    process's descriptors.  A name returned is therefore valid only until
+    :meth:`get` has been called ``held`` more times: use it at once (for
+    the calls of one entry), never store it.  :meth:`close` releases all.
+    """
+
+    #: paths of up to this many characters are used as they are: even at four
+    #: bytes a character they are within Linux's PATH_MAX (4096 bytes)
+    LIMIT = 1000
+
+    def __init__(self, held: int = 256) -> None:
+        self._held = held
+        self._fds: dict[str, int] = {}  # full path of an ancestor -> its descriptor
+
+    def get(self, path: str) -> str:
+        limit = self.LIMIT
+        if len(path) <= limit:
+            return path
+        base, start = "", 0  # path[:start] is reached as ``base``
+        while len(base) + len(path) - start > limit:
+            cut = path.rfind("/", start + 1, start + limit - len(base))
+            if cut <= start:
+                raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), path)
+            ancestor = path[:cut]
+            fd = self._fds.pop(ancestor, -1)
+            if fd < 0:
+                fd = os.open(base + path[start:cut], _PATH_OPEN)
+                if len(self._fds) >= self._held:  # the least recently used goes
+                    os.close(self._fds.pop(next(iter(self._fds))))
+            self._fds[ancestor] = fd  # now the most recently used
+            base, start = f"/proc/self/fd/{fd}", cut
+        return base + path[start:]
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __enter__(self) -> ShortPaths:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
