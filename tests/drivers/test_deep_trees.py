@@ -231,3 +231,45 @@ def test_changes_diff_and_size_of_deep_layers(driver: Driver, name: str, depth: 
     for id in ("again", "copy", "child", "base"):
         driver.remove(id)
     driver.cleanup()
+
+
+# -- exact diffs: parent + diff is the layer, directory times included -------------------
+
+
+def test_parent_plus_diff_is_the_layer_even_for_directory_times(driver: Driver) -> None:
+    """``/tmp`` after files came and went, and a touched ``/etc``: only their times changed.
+
+    The naive diff used to leave them out (Docker's changes ignore directory
+    mtimes), so the layer rebuilt from its parent and its diff kept the
+    parent's times; overlay's native diff always had them.
+    """
+    driver.create("base")
+    driver.apply_diff(
+        "base", None, _tar([("tmp", None), ("etc", None), ("etc/conf", b"x=1\n")], compress=False)
+    )
+    driver.create_read_write("child", "base")
+    try:
+        view = Path(driver.get("child"))
+        (view / "tmp" / "scratch").write_bytes(b"gone soon")
+        (view / "tmp" / "scratch").unlink()
+        os.utime(view / "etc", (1_700_000_000, 1_700_000_000))
+        found = driver.changes("child", "base")
+        with driver.diff("child", "base") as stream:
+            changed = stream.read()
+    finally:
+        driver.put("child")
+    assert Change("/tmp", ChangeKind.MODIFY) in found
+    assert Change("/etc", ChangeKind.MODIFY) in found
+    driver.create("again", "base")
+    driver.apply_diff("again", "base", io.BytesIO(changed))
+    try:
+        child, again = Path(driver.get("child")), Path(driver.get("again"))
+        for name in ("tmp", "etc"):
+            want, got = os.lstat(child / name), os.lstat(again / name)
+            assert (got.st_mode, got.st_mtime_ns // 10**9) == (
+                want.st_mode,
+                want.st_mtime_ns // 10**9,
+            ), name
+    finally:
+        driver.put("child")
+        driver.put("again")
