@@ -213,3 +213,11 @@ def test_the_applier_removes_a_lower_tree_in_an_overlayfs_view(tmp_path: Path) -
     finally:
         subprocess.run(["umount", str(merged)], check=True)
     assert (lower / "a" / "d").is_dir()  # the lower layer is untouched
+
+
+def test_the_path_to_the_tree_may_hold_symlinks(tmp_path: Path) -> None:
+    """Only the tree is never followed: a symlinked directory above it is the caller's path."""
+    (tmp_path / "real" / "tree" / "a").mkdir(parents=True)
+    os.symlink("real", tmp_path / "alias")
+    remove_tree(tmp_path / "alias" / "tree")
+    assert os.listdir(tmp_path / "real") == []

@@ -81,8 +81,8 @@ def remove_tree(path: str | os.PathLike[str]) -> None:
     head, tail = os.path.split(path.rstrip("/") or "/")
     if not tail or tail in (".", ".."):
         raise OSError(errno.EINVAL, "refusing to remove this tree", path)
-    try:
-        parent_fd = os.open(head or ".", _DIR_OPEN)
+    try:  # the caller's own path to the tree may hold symlinks; the tree is never followed
+        parent_fd = os.open(head or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return
     try:
@@ -212,7 +212,9 @@ def _open_dir(
     try:
         st = os.fstat(fd)
         if unprivileged and st.st_mode & stat.S_IRWXU != stat.S_IRWXU:
-            os.fchmod(fd, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+            # someone else's directory cannot be re-moded; an empty one still goes
+            with contextlib.suppress(PermissionError):
+                os.fchmod(fd, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
         return fd, (st.st_dev, st.st_ino), os.listdir(fd)
     except BaseException:
         os.close(fd)

@@ -9,9 +9,8 @@ layer in ``removing/`` where every later ``cleanup`` met it again) and no
 bare ``ENAMETOOLONG`` may leak.
 
 Runs against vfs, overlay with its native diff (``diff/`` read alone) and
-overlay with the naive diff (merged views compared).  The Windows layer
-format has no chain of this kind to apply (its importer takes Windows
-paths); windowsfilter is covered by the remover's own tests.
+overlay with the naive diff (merged views compared), and windowsfilter
+with the same chain in the Windows layer format (``Files/d/d/...``).
 """
 
 from __future__ import annotations
@@ -273,3 +272,46 @@ def test_parent_plus_diff_is_the_layer_even_for_directory_times(driver: Driver) 
     finally:
         driver.put("child")
         driver.put("again")
+
+
+# -- windowsfilter: the same chain in the Windows layer format ------------------------
+
+
+@pytest.fixture
+def windows(tmp_path: Path) -> Iterator[Driver]:
+    try:
+        d = new_driver("windowsfilter", tmp_path / "root")
+    except NotSupportedError as exc:
+        pytest.skip(f"windowsfilter not supported here: {exc}")
+    try:
+        yield d
+        d.cleanup()
+    finally:
+        with contextlib.suppress(Exception):
+            d.cleanup()
+        remove_tree(tmp_path / "root")
+
+
+def _windows_chain(name: str, depth: int) -> io.BytesIO:
+    from test_windowsfilter_fixtures import E, go_layer
+
+    entries = [E("dir", "Files", top=True)]
+    path = "Files"
+    for _ in range(depth):
+        path += f"/{name}"
+        entries.append(E("dir", path))
+    entries.append(E("file", f"{path}/leaf.txt", b"leaf"))
+    return io.BytesIO(go_layer(entries))
+
+
+def test_windowsfilter_remove_changes_and_cleanup_of_a_deep_layer(windows: Driver) -> None:
+    """A remove that used to raise RecursionError midway (and then every cleanup too)."""
+    depth = 1500
+    windows.create("deep")
+    windows.apply_diff("deep", None, _windows_chain("d", depth))
+    assert len(windows.changes("deep", None)) == depth + 1
+    assert windows.diff_size("deep", None) == 4
+    windows.remove("deep")
+    assert not windows.exists("deep")
+    windows.cleanup()
+    assert [p.name for p in windows.home.iterdir() if "deep" in p.name] == []
