@@ -80,6 +80,18 @@ def test_a_chain_deeper_than_the_descriptor_limit(tmp_path: Path, few_descriptor
     assert not tree.exists()
 
 
+def test_branches_below_closed_ancestors(tmp_path: Path) -> None:
+    """Side chains at several depths: ancestors whose descriptors were closed are reopened."""
+    from lamina._tree import HELD
+
+    tree = tmp_path / "layer"
+    _make_chain(tree, 3 * HELD)
+    for level in (1, HELD - 1, HELD + 1, 2 * HELD + 5, 3 * HELD):
+        _make_chain(tree.joinpath(*["d"] * level) / "side", 2 * HELD)
+    remove_tree(tree)
+    assert os.listdir(tmp_path) == []
+
+
 def test_missing_trees_files_and_symlinks(tmp_path: Path) -> None:
     remove_tree(tmp_path / "missing")
     remove_tree(tmp_path / "missing" / "below")

@@ -141,17 +141,16 @@ def _remove_once(parent_fd: int, name: str) -> None:
                 continue
             # emptied: delete it from the directory below it on the stack
             stack.pop()
-            if not stack:
+            try:
+                if stack and stack[-1].fd < 0:
+                    stack[-1].fd = _reopen_parent(frame.fd, stack[-1].key)
+            finally:
                 os.close(frame.fd)
                 frame.fd = -1
+            if not stack:
                 _rmdir(parent_fd, name)
                 return
-            below = stack[-1]
-            if below.fd < 0:
-                below.fd = _reopen_parent(frame.fd, below.key)
-            os.close(frame.fd)
-            frame.fd = -1
-            _rmdir(below.fd, frame.name)
+            _rmdir(stack[-1].fd, frame.name)
     finally:
         for frame in stack:
             if frame.fd >= 0:
