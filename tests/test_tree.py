@@ -41,7 +41,9 @@ def _make_chain(root: Path, depth: int, name: str = "d") -> None:
         wfd = os.open("bottom", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
         os.write(wfd, b"at the bottom\n")
         os.close(wfd)
-        os.symlink("/", "escape", dir_fd=fd)
+        # a link out of the tree at the bottom: removed, never entered (it points at
+        # a name that does not exist, so even a remover that followed it deletes nothing)
+        os.symlink("../../../../no-such-sentinel-target", "escape", dir_fd=fd)
     finally:
         os.close(fd)
 
@@ -109,8 +111,11 @@ def test_missing_trees_files_and_symlinks(tmp_path: Path) -> None:
     (tmp_path / "file").write_bytes(b"x")
     remove_tree(tmp_path / "file")
     assert not (tmp_path / "file").exists()
+    # refusing "/" is checked without ever calling a remover on the real root:
+    # an old or broken remover would delete the machine (this test once did)
     with pytest.raises(OSError):
-        remove_tree("/")
+        remove_tree(tmp_path / "tree" / "..")
+    assert (outside / "keep").read_bytes() == b"keep"
 
 
 def test_remove_tree_at_is_relative_to_the_descriptor(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ import errno
 import os
 import stat
 
-__all__ = ["ATTEMPTS", "HELD", "ShortPaths", "remove_tree", "remove_tree_at"]
+__all__ = ["ATTEMPTS", "HELD", "ShortPaths", "remove_tree", "remove_tree_at", "reopen_parent"]
 
 #: Directory descriptors kept open along the current path, at most.
 HELD = 64
@@ -143,7 +143,7 @@ def _remove_once(parent_fd: int, name: str) -> None:
             stack.pop()
             try:
                 if stack and stack[-1].fd < 0:
-                    stack[-1].fd = _reopen_parent(frame.fd, stack[-1].key)
+                    stack[-1].fd = reopen_parent(frame.fd, stack[-1].key)
             finally:
                 os.close(frame.fd)
                 frame.fd = -1
@@ -220,8 +220,12 @@ def _open_dir(
         raise
 
 
-def _reopen_parent(child_fd: int, key: tuple[int, int]) -> int:
-    """``..`` of ``child_fd``, which must be the directory ``key`` seen on the way down."""
+def reopen_parent(child_fd: int, key: tuple[int, int]) -> int:
+    """``..`` of ``child_fd``, which must be the directory ``key`` seen on the way down.
+
+    How a walk that closed an ancestor's descriptor (to bound those it holds)
+    climbs back to it: ``ESTALE`` if the tree was moved meanwhile.
+    """
     fd = os.open("..", _DIR_OPEN, dir_fd=child_fd)
     st = os.fstat(fd)
     if (st.st_dev, st.st_ino) != key:
