@@ -134,7 +134,7 @@ def test_remove_tree_at_is_relative_to_the_descriptor(tmp_path: Path) -> None:
 _READ_ONLY_TREE = """
 import os, sys
 from lamina._fs import remove_tree
-import shutil  # everything the removal may import, imported before the privileges go
+import lamina._fs._mount  # everything the removal may import, imported before the privileges go
 os.fchdir(int(sys.argv[1]))
 if os.geteuid() == 0:  # the kernel lets root through everything: be nobody
     os.setgid(65534)
@@ -238,3 +238,26 @@ def test_the_path_to_the_tree_may_hold_symlinks(tmp_path: Path) -> None:
     os.symlink("real", tmp_path / "alias")
     remove_tree(tmp_path / "alias" / "tree")
     assert os.listdir(tmp_path / "real") == []
+
+
+@pytest.mark.usefixtures("needs_root")
+def test_a_mount_inside_the_tree_is_never_emptied(tmp_path: Path) -> None:
+    """A host directory bind-mounted into a layer must survive the layer's removal."""
+    from lamina.errors import InUseError
+
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "precious").write_bytes(b"host data")
+    tree = tmp_path / "layer"
+    (tree / "a" / "volume").mkdir(parents=True)
+    (tree / "a" / "file").write_bytes(b"layer data")
+    subprocess.run(["mount", "--bind", str(host), str(tree / "a" / "volume")], check=True)
+    try:
+        with pytest.raises(InUseError):
+            remove_tree(tree)
+        assert (host / "precious").read_bytes() == b"host data"
+    finally:
+        subprocess.run(["umount", str(tree / "a" / "volume")], check=True)
+    remove_tree(tree)  # unmounted: it goes
+    assert not tree.exists()
+    assert (host / "precious").read_bytes() == b"host data"

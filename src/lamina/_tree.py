@@ -37,6 +37,14 @@ tree is not one either).  A directory that got an entry back after it was
 emptied (``ENOTEMPTY``: the last write of a writer killed with its process
 may land late) is walked again, up to :data:`ATTEMPTS` times in all.
 
+Mounts.  The walk never leaves the filesystem of the tree's top: a
+directory on another device (a bind mount a crashed runtime left in a
+layer, a volume) raises :class:`~lamina.errors.InUseError` before anything
+on it is touched.  (``shutil.rmtree`` deletes the mounted files, then fails
+on the mount point; a host directory bind-mounted into a container's layer
+would be emptied.)  Directories of an overlayfs view all report the
+overlay's device, so a merged view is one filesystem here, as it should be.
+
 Filesystems.  No entry is renamed (a rename of a lower directory in an
 overlayfs merged view fails with ``EXDEV``), so this works in a merged view
 as well as on a plain directory.
@@ -48,6 +56,8 @@ import contextlib
 import errno
 import os
 import stat
+
+from lamina.errors import InUseError
 
 __all__ = ["ATTEMPTS", "HELD", "ShortPaths", "remove_tree", "remove_tree_at", "reopen_parent"]
 
@@ -122,6 +132,7 @@ def _remove_once(parent_fd: int, name: str) -> None:
     if opened is None:
         return
     stack = [_Frame(name, *opened)]
+    device = stack[0].key[0]
     try:
         while stack:
             frame = stack[-1]
@@ -133,6 +144,12 @@ def _remove_once(parent_fd: int, name: str) -> None:
                 if opened is None:
                     continue
                 stack.append(_Frame(child, *opened))
+                if opened[1][0] != device:
+                    raise InUseError(
+                        f"{child!r} in the tree being removed is a mount point: "
+                        "unmount it first (nothing on it was deleted)",
+                        errno=errno.EBUSY,
+                    )
                 if len(stack) > HELD:
                     old = stack[-HELD - 1]
                     if old.fd >= 0:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lamina import _tree
+from lamina.errors import InUseError
 
 __all__ = [
     "exchange_dirs",
@@ -165,7 +166,22 @@ def remove_tree(path: str | os.PathLike[str]) -> None:
     path may be longer than ``PATH_MAX``), never following a symlink, and
     able to delete directories their unprivileged owner cannot write, which
     any faithful copy of a root filesystem contains.
+
+    Nothing mounted inside the tree is touched: a bind mount left in a layer
+    (a crashed runtime's volume) raises :class:`~lamina.errors.InUseError`
+    before anything is deleted.  A bind mount of the same filesystem has the
+    same device number, so the walk's own device check cannot see it; the
+    mount table can.
     """
+    from lamina._fs._mount import mounts_below  # the one mountinfo decoder
+
+    inside = mounts_below(path)
+    if inside:
+        raise InUseError(
+            f"cannot remove {os.fspath(path)!r}: {inside[-1].mountpoint!r} is mounted inside it"
+            " (unmount it first; nothing was deleted)",
+            errno=errno.EBUSY,
+        )
     _tree.remove_tree(path)
 
 
