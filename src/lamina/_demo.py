@@ -26,6 +26,7 @@ from typing import BinaryIO
 
 from lamina import archive, drivers
 from lamina._change import Change
+from lamina._tree import remove_tree
 
 __all__ = ["DemoResult", "Entry", "compare_trees", "run_demo", "snapshot_tree"]
 
@@ -100,6 +101,12 @@ class DemoResult:
     @property
     def match(self) -> bool:
         return self.compared > 0 and not self.differences
+
+
+def _remove_quietly(path: Path) -> None:
+    """Delete the demo's scratch directory; a failure leaves it for the user to see."""
+    with contextlib.suppress(OSError):
+        remove_tree(path)
 
 
 def _copy_entry(src: Path, dst: Path) -> int:
@@ -329,7 +336,7 @@ def run_demo(
     try:
         d = drivers.new_driver(driver, store, options)
     except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
+        _remove_quietly(temp)
         raise
     result.driver = d.name
     echo(f"lamina demo: driver {d.name}, store {store}")
@@ -398,7 +405,7 @@ def run_demo(
         if keep:
             echo(f"kept: store {store} (layers {', '.join(created)}), files in {work}")
         else:
-            shutil.rmtree(temp, ignore_errors=True)
+            _remove_quietly(temp)
     if result.match:
         echo(f"MATCH: the copy equals the read-write layer ({result.seconds:.2f} s in all)")
     else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Callable
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from lamina import Change, ChangeKind
-from lamina.archive import changes, changes_size
+from lamina._fs import remove_tree
+from lamina.archive import apply_layer, changes, changes_size, export_changes
 from lamina.archive._changes import _MAX_HELD_DEPTH, scan_changes
 from lamina.archive._statx import birth_time_ns
 from lamina.errors import NotFoundError
@@ -83,7 +85,7 @@ def mutate_sample_dir(root: Path) -> None:
     shutil.rmtree(root / "dir2")  # dir replaced by a file
     write(root / "dir2", "dir2\n", 0o777)
     later = time.time_ns() + 1_000_000_000
-    os.utime(root / "dir3", ns=(later, later))  # touched dir: no change
+    os.utime(root / "dir3", ns=(later, later))  # touched dir: a change (Docker: none)
     (root / "dirnew").mkdir(0o766)
     os.remove(root / "file1")
     os.remove(root / "file2")
@@ -104,6 +106,7 @@ def mutate_sample_dir(root: Path) -> None:
 MUTATED_EXPECTED = [
     ch(D, "/dir1"),
     ch(C, "/dir2"),
+    ch(C, "/dir3"),
     ch(A, "/dirnew"),
     ch(D, "/file1"),
     ch(C, "/file2"),
@@ -222,21 +225,21 @@ def test_file_dir_replacement_is_modify_without_deletes(tmp_path: Path) -> None:
     ]
 
 
-def test_directory_mtime_ignored_but_owner_and_mode_count(tmp_path: Path) -> None:
+def test_directory_mtime_owner_and_mode_count(tmp_path: Path) -> None:
     old = tmp_path / "old"
     old.mkdir()
-    for d in ("touched", "chmodded", "chowned"):
+    for d in ("touched", "chmodded", "chowned", "same"):
         (old / d).mkdir()
     new = tmp_path / "new"
     copy_tree(old, new)
     later = time.time_ns() + 5_000_000_000
     os.utime(new / "touched", ns=(later, later))
     os.chmod(new / "chmodded", 0o1777)
-    expected = [ch(C, "/chmodded")]
+    expected = [ch(C, "/chmodded"), ch(C, "/touched")]
     if os.geteuid() == 0:
         os.chown(new / "chowned", 1, 2)
         expected.append(ch(C, "/chowned"))
-    assert changes(new, old) == expected
+    assert changes(new, old) == sorted(expected)
 
 
 def test_whole_second_mtime_tolerance(tmp_path: Path) -> None:
@@ -519,3 +522,79 @@ def test_missing_directories_are_not_found(tmp_path: Path) -> None:
         changes(tmp_path / "there", tmp_path / "nope")
     with pytest.raises(NotFoundError):
         changes(tmp_path / "nope", None)
+
+
+# --- directories whose only change is their mtime ------------------------------------------
+
+
+def _times(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Every entry's (mode, size of non-directories, mtime in seconds) by path, root included.
+
+    Seconds: a layer tar carries whole-second times (Docker's writer truncates them).
+    """
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in ["", *dirnames, *filenames]:
+            path = os.path.join(dirpath, name) if name else dirpath
+            st = os.lstat(path)
+            size = 0 if stat.S_ISDIR(st.st_mode) else st.st_size
+            out[os.path.relpath(path, root)] = (st.st_mode, size, st.st_mtime_ns // 10**9)
+    return out
+
+
+def test_a_directory_whose_entries_came_and_went_is_modified_and_exported(
+    tmp_path: Path,
+) -> None:
+    """``/tmp`` after a build step: parent + diff must be the layer, directory times included.
+
+    Docker's changes leave such a directory out, so its time stays the parent's.
+    """
+    old = tmp_path / "old"
+    (old / "tmp").mkdir(parents=True)
+    (old / "etc").mkdir()
+    write(old / "etc" / "conf", "x=1\n")
+    set_times(old, 1_500_000_000 * 10**9)
+    new = tmp_path / "new"
+    copy_tree(old, new)
+    write(new / "tmp" / "scratch", "gone soon")
+    os.unlink(new / "tmp" / "scratch")  # /tmp's mtime is all that is left of it
+    os.utime(new / "etc", ns=(1_600_000_000 * 10**9,) * 2)  # touched, nothing else
+    found = changes(new, old)
+    assert found == [ch(C, "/etc"), ch(C, "/tmp")]
+    # the parent plus the diff is the layer
+    again = tmp_path / "again"
+    copy_tree(old, again)
+    apply_layer(export_changes(new, found), again)
+    assert _times(again) == {**_times(new), ".": _times(again)["."]}
+
+
+def _chain(root: Path, depth: int, name: str, leaf: bytes) -> None:
+    """``root/name/.../name/leaf`` built by descriptors: the path passes PATH_MAX."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir(name, dir_fd=fd)
+            nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        wfd = os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(wfd, leaf)
+        os.close(wfd)
+    finally:
+        os.close(fd)
+
+
+def test_changes_and_their_size_past_path_max(tmp_path: Path) -> None:
+    """A 6,600-byte path is listed and its bytes counted (changes_size skipped it silently)."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    os.utime(new, ns=(0, 0))
+    _chain(new, 600, "abcdefghij", b"twelve bytes")
+    found = changes(new, old)
+    chain = "/abcdefghij" * 600
+    assert len(found) == 601
+    assert found[-1] == ch(A, f"{chain}/leaf")
+    assert changes_size(new, found) == 12
+    assert changes_size(new, changes(new, None)) == 12
+    remove_tree(new)

@@ -8,6 +8,7 @@ resolution of whiteouts and opaque directories is the kernel's, not ours.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import stat
@@ -19,7 +20,7 @@ import pytest
 
 from lamina import archive
 from lamina._change import Change, ChangeKind
-from lamina._fs import Mount
+from lamina._fs import Mount, remove_tree
 from lamina._fs._mount import mount_spec, umount
 from lamina.archive._overlay_changes import _LowerView, overlay_changes, upper_size
 
@@ -175,6 +176,10 @@ def test_lower_layers_resolve_like_the_kernel(tmp_path: Path, layers: tuple[Path
     f(upper / "a" / "b" / "c", b"deep")  # added again (the parent view has no a/b)
     f(upper / "p" / "q", b"q")  # under what is a file in the parent view
     wh(upper / "o" / "old")  # hidden already: no change
+    lower_o = os.stat(l1 / "o")
+    os.utime(
+        upper / "o", ns=(lower_o.st_atime_ns, lower_o.st_mtime_ns)
+    )  # a directory's time counts
     wh(upper / "a" / "x")
     check(
         tmp_path,
@@ -285,3 +290,77 @@ def test_random_stacks_match_the_kernel(tmp_path: Path, seed: int) -> None:
 
 def test_change_kinds_are_docker_values() -> None:
     assert [k.value for k in (ChangeKind.MODIFY, ChangeKind.ADD, ChangeKind.DELETE)] == [0, 1, 2]
+
+
+# -- directory times, deep and long paths ---------------------------------------------
+
+
+def test_a_directory_whose_entries_came_and_went_is_modified(
+    tmp_path: Path, layers: tuple[Path, ...]
+) -> None:
+    """``/tmp`` copied up, a file made and deleted in it: only its mtime is left, and counts.
+
+    The native diff exports ``tmp/`` (it is in the upper directory); the changes now say so.
+    """
+    upper, l1, _, _ = layers
+    d(l1 / "tmp", 0o1777)
+    os.utime(l1 / "tmp", (OLD, OLD))
+    d(upper / "tmp", 0o1777)
+    os.utime(upper / "tmp", (OLD + 60, OLD + 60))
+    check(tmp_path, upper, [l1], ["C /tmp"])
+
+
+def _chain(root: Path, depth: int, name: str, leaf: bytes) -> None:
+    """``root/name/.../name/leaf`` built by descriptors (the path may pass PATH_MAX)."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, dir_fd=fd)
+            nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        wfd = os.open("leaf", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=fd)
+        os.write(wfd, leaf)
+        os.close(wfd)
+        os.utime("leaf", (OLD, OLD), dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def _same_dir_times(upper: Path, lower: Path, name: str, depth: int) -> None:
+    """Give the upper chain's directories the lower's times, from the bottom up."""
+    ufds = [os.open(upper, os.O_RDONLY | os.O_DIRECTORY)]
+    lfds = [os.open(lower, os.O_RDONLY | os.O_DIRECTORY)]
+    try:
+        for _ in range(depth):
+            ufds.append(os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=ufds[-1]))
+            lfds.append(os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=lfds[-1]))
+        for ufd, lfd in zip(reversed(ufds[1:]), reversed(lfds[1:]), strict=True):
+            st = os.fstat(lfd)
+            os.utime(ufd, ns=(st.st_atime_ns, st.st_mtime_ns))
+    finally:
+        for fd in ufds + lfds:
+            os.close(fd)
+
+
+@pytest.mark.parametrize(("name", "depth"), [("d", 1500), ("abcdefghij", 600)])
+def test_deep_and_long_chains(
+    tmp_path: Path, layers: tuple[Path, ...], name: str, depth: int
+) -> None:
+    """1,500 levels (past the recursion limit), then 6,600-byte paths (past PATH_MAX)."""
+    upper, l1, _, _ = layers
+    _chain(l1, depth, name, b"old")
+    _chain(upper, depth, name, b"new!")
+    _same_dir_times(upper, l1, name, depth)
+    chain = [f"/{name}" * n for n in range(1, depth + 1)]
+    expected = sorted([*(f"C {p}" for p in chain), f"C {chain[-1]}/leaf"])
+    got = overlay_changes(upper, [l1])
+    assert [str(c) for c in got] == expected
+    assert upper_size(upper) == 4
+    assert got == kernel_changes(tmp_path, upper, [l1])
+    _chain(upper, depth, name, b"old")  # same again: nothing changed
+    assert overlay_changes(upper, [l1]) == []
+    for tree in (upper, l1):
+        remove_tree(tree)

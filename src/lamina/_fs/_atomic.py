@@ -17,11 +17,12 @@ import contextlib
 import ctypes
 import errno
 import os
-import stat
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from lamina import _tree
+from lamina.errors import InUseError
 
 __all__ = [
     "exchange_dirs",
@@ -158,64 +159,31 @@ def retire_dir(
     return target
 
 
-def _make_writable_and_retry(func: Callable[..., Any], path: str, exc: BaseException) -> None:
-    """rmtree error hook: an unprivileged owner may have copied a 0o555 directory."""
-    if isinstance(exc, FileNotFoundError):
-        return
-    if not isinstance(exc, PermissionError):
-        raise exc
-    try:
-        parent = os.path.dirname(path)
-        st = os.lstat(parent)
-        os.chmod(parent, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
-        st = os.lstat(path)
-        if stat.S_ISDIR(st.st_mode):
-            os.chmod(path, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
-            _rmtree(path)
-        else:
-            os.unlink(path)
-    except FileNotFoundError:
-        return
-
-
-def _on_error(func: Callable[..., Any], path: str, exc_info: Any) -> None:
-    _make_writable_and_retry(func, path, exc_info[1])
-
-
-def _rmtree(path: str | os.PathLike[str]) -> None:
-    import shutil  # with bz2 and lzma behind it: only processes that delete trees pay
-
-    kwargs: dict[str, Any]
-    if sys.version_info >= (3, 12):
-        kwargs = {"onexc": _make_writable_and_retry}
-    else:
-        kwargs = {"onerror": _on_error}
-    shutil.rmtree(path, **kwargs)
-
-
 def remove_tree(path: str | os.PathLike[str]) -> None:
-    """Delete a directory tree; a missing tree is not an error.
+    """Delete a directory tree (or a single non-directory); a missing tree is not an error.
 
-    Unlike a bare ``shutil.rmtree`` this also removes trees whose
-    directories are not writable by their (unprivileged) owner, which any
-    faithful copy of a root filesystem contains.
+    The one remover of :mod:`lamina._tree`: iterative (a layer may hold a
+    directory chain thousands deep), relative to directory descriptors (a
+    path may be longer than ``PATH_MAX``), never following a symlink, and
+    able to delete directories their unprivileged owner cannot write, which
+    any faithful copy of a root filesystem contains.
+
+    Nothing mounted inside the tree is touched: a bind mount left in a layer
+    (a crashed runtime's volume) raises :class:`~lamina.errors.InUseError`
+    before anything is deleted.  A bind mount of the same filesystem has the
+    same device number, so the walk's own device check cannot see it; the
+    mount table can.
     """
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(path)
-        return
-    for attempt in range(3):
-        try:
-            _rmtree(path)
-            return
-        except OSError as exc:
-            # A directory that was emptied got an entry back: the last call of a
-            # writer killed with its process (an apply's helper) can land late.
-            if exc.errno != errno.ENOTEMPTY or attempt == 2:
-                raise
+    from lamina._fs._mount import mounts_below  # the one mountinfo decoder
+
+    inside = mounts_below(path)
+    if inside:
+        raise InUseError(
+            f"cannot remove {os.fspath(path)!r}: {inside[-1].mountpoint!r} is mounted inside it"
+            " (unmount it first; nothing was deleted)",
+            errno=errno.EBUSY,
+        )
+    _tree.remove_tree(path)
 
 
 def write_file_atomic(

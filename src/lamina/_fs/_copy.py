@@ -43,8 +43,12 @@ What is kept, and how:
   what the source is once its server has gone (Docker turns them into
   FIFOs instead).  If the filesystem refuses, the socket is skipped.
 
-One open directory descriptor pair is held per level of nesting, so the
-depth of tree that can be copied is bounded by the descriptor limit.
+The walk is a loop over a stack of directory pairs, never a recursion.  Only
+the last :data:`lamina._tree.HELD` pairs on the current path (and the root's)
+keep their descriptors open; an ancestor closed meanwhile is reopened as
+``..`` of its child, checked to be the same directory on both sides
+(:func:`lamina._tree.reopen_parent`), so a layer 1,500 directories deep is
+copied within the common limit of 1024 descriptors.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ import fcntl
 import os
 import stat
 from collections.abc import Iterator
+
+from lamina._tree import HELD, reopen_parent
 
 __all__ = ["CopyStats", "copy_tree"]
 
@@ -148,7 +154,7 @@ class CopyStats:
 class _Frame:
     """One directory being copied: both descriptors and the entries still to visit."""
 
-    __slots__ = ("dst_fd", "entries", "rel", "src_fd", "st")
+    __slots__ = ("dst_fd", "dst_key", "entries", "rel", "src_fd", "st")
 
     def __init__(
         self,
@@ -156,13 +162,15 @@ class _Frame:
         dst_fd: int,
         st: os.stat_result,
         rel: str,
-        entries: Iterator[os.DirEntry[str]],
+        entries: Iterator[str],
     ) -> None:
-        self.src_fd = src_fd
+        self.src_fd = src_fd  # both -1 while closed to bound the descriptors held
         self.dst_fd = dst_fd
         self.st = st
         self.rel = rel
         self.entries = entries
+        dst = os.fstat(dst_fd)
+        self.dst_key = (dst.st_dev, dst.st_ino)  # how a reopened ``..`` is recognised
 
 
 class _Copier:
@@ -327,13 +335,14 @@ class _Copier:
                         ) from None
             dst_fd = os.open(dst, _DIR_FLAGS)
             self.dst_root_fd = dst_fd
-            stack.append(_Frame(src_fd, dst_fd, src_st, "", iter(list(os.scandir(src_fd)))))
+            stack.append(_Frame(src_fd, dst_fd, src_st, "", iter(os.listdir(src_fd))))
             self.stats.dirs += 1
             self._walk(stack)
         finally:
             for frame in stack:
-                os.close(frame.dst_fd)
-                if frame.src_fd != src_fd:
+                if frame.dst_fd >= 0:
+                    os.close(frame.dst_fd)
+                if frame.src_fd not in (src_fd, -1):
                     os.close(frame.src_fd)
             os.close(src_fd)
         return self.stats
@@ -347,20 +356,34 @@ class _Copier:
         os.fchmod(dfd, stat.S_IMODE(st.st_mode))
         os.utime(dfd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
+    @staticmethod
+    def _reopen(parent: _Frame, child: _Frame) -> None:
+        """Reopen an ancestor closed to bound the descriptors (a chain of any depth)."""
+        src = reopen_parent(child.src_fd, (parent.st.st_dev, parent.st.st_ino))
+        try:
+            parent.dst_fd = reopen_parent(child.dst_fd, parent.dst_key)
+        except BaseException:
+            os.close(src)
+            raise
+        parent.src_fd = src
+
     def _walk(self, stack: list[_Frame]) -> None:
         stats = self.stats
         while stack:
             frame = stack[-1]
-            entry = next(frame.entries, None)
-            if entry is None:
+            name = next(frame.entries, None)
+            if name is None:
                 self._finish_dir(frame)
                 stack.pop()
-                os.close(frame.dst_fd)
-                if stack:  # the root's source descriptor is closed by run()
-                    os.close(frame.src_fd)
+                try:
+                    if stack and stack[-1].src_fd < 0:
+                        self._reopen(stack[-1], frame)
+                finally:
+                    os.close(frame.dst_fd)
+                    if stack:  # the root's source descriptor is closed by run()
+                        os.close(frame.src_fd)
                 continue
-            name = entry.name
-            st = entry.stat(follow_symlinks=False)
+            st = os.stat(name, dir_fd=frame.src_fd, follow_symlinks=False)
             fmt = stat.S_IFMT(st.st_mode)
             sdir, ddir = frame.src_fd, frame.dst_fd
             rel = f"{frame.rel}/{name}" if frame.rel else name
@@ -372,9 +395,19 @@ class _Copier:
                 except BaseException:
                     os.close(child_src)
                     raise
-                stack.append(
-                    _Frame(child_src, child_dst, st, rel, iter(list(os.scandir(child_src))))
-                )
+                try:
+                    child = _Frame(child_src, child_dst, st, rel, iter(os.listdir(child_src)))
+                except BaseException:
+                    os.close(child_src)
+                    os.close(child_dst)
+                    raise
+                stack.append(child)
+                if len(stack) > HELD + 1:  # a deep tree: close an ancestor (never the root)
+                    old = stack[-HELD - 1]
+                    if old.src_fd >= 0:
+                        os.close(old.src_fd)
+                        os.close(old.dst_fd)
+                        old.src_fd = old.dst_fd = -1
                 stats.dirs += 1
                 continue
             if st.st_nlink > 1:

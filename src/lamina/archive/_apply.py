@@ -25,7 +25,8 @@ bodies are sliced from, and large bodies go from file to file by
 Cached descriptors inside a directory are closed before it is removed, so
 none points at a deleted one, and the cache is trimmed only between
 entries, so none is closed while an entry still uses it.  Trees are removed
-iteratively with a bounded number of descriptors, whatever their depth.
+by :mod:`lamina._tree` (iteratively, with a bounded number of descriptors,
+whatever their depth), the remover every driver uses.
 
 Helpers.  A layer's regular files (after the first ``helper_after``, or
 all of them for a big compressed layer file) are created by helper
@@ -65,6 +66,7 @@ import os
 import stat
 
 from lamina._frozen import Frozen
+from lamina._tree import remove_tree_at
 from lamina.archive import _openat2
 from lamina.archive._compression import Compression, detect_compression, open_decompressed
 from lamina.archive._file_writer import FileWriter, WriterError, can_fork_writer
@@ -494,7 +496,7 @@ class _Applier:
             os.close(self.dirs.pop(key)[0])
         self.dir_times.pop(path, None)
         self.removed_dirs = True  # deeper paths in dir_times are dropped when reused
-        _rmtree_at(parent_fd, name)
+        remove_tree_at(parent_fd, name)
 
     def _make_opaque(self, parent_parts: list[str]) -> None:
         """Empty a directory of what this layer did not unpack (OCI opaque marker)."""
@@ -895,72 +897,3 @@ def _is_directory(parent_fd: int, name: str) -> bool:
 def _disable_openat2() -> None:
     global use_openat2
     use_openat2 = False
-
-
-def _rmtree_at(parent_fd: int, name: str) -> None:
-    """Delete directory ``name`` of ``parent_fd`` and all it holds, never following a symlink.
-
-    Iterative, with at most three descriptors open at any depth: every
-    subdirectory met is first moved up into the top directory under a fresh
-    name, which turns depth into breadth.  (``shutil.rmtree`` recurses, and a
-    layer's 10,000-deep tree overflows the interpreter's stack.)  Unprivileged,
-    directories are made writable first, as their owner may.
-    """
-    try:
-        os.rmdir(name, dir_fd=parent_fd)  # empty: one call
-        return
-    except OSError as exc:
-        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EACCES, errno.EPERM):
-            raise
-    unprivileged = os.geteuid() != 0
-    top = _open_for_removal(parent_fd, name, unprivileged)
-    try:
-        taken = set(os.listdir(top))
-        pending = list(taken)
-        serial = 0
-        while pending:
-            child = pending.pop()
-            try:
-                os.unlink(child, dir_fd=top)
-                continue
-            except IsADirectoryError:
-                pass
-            sub = _open_for_removal(top, child, unprivileged)
-            try:
-                for entry in os.listdir(sub):
-                    try:
-                        os.unlink(entry, dir_fd=sub)
-                    except IsADirectoryError:
-                        serial += 1
-                        while f".rm{serial}" in taken:
-                            serial += 1
-                        fresh = f".rm{serial}"
-                        taken.add(fresh)
-                        try:
-                            os.rename(entry, fresh, src_dir_fd=sub, dst_dir_fd=top)
-                        except PermissionError:
-                            if not unprivileged:
-                                raise
-                            # moving a directory rewrites its "..": it must be writable
-                            os.chmod(entry, 0o700, dir_fd=sub)
-                            os.rename(entry, fresh, src_dir_fd=sub, dst_dir_fd=top)
-                        pending.append(fresh)
-            finally:
-                os.close(sub)
-            os.rmdir(child, dir_fd=top)
-    finally:
-        os.close(top)
-    os.rmdir(name, dir_fd=parent_fd)
-
-
-def _open_for_removal(parent_fd: int, name: str, unprivileged: bool) -> int:
-    try:
-        fd = os.open(name, _DIR_OPEN, dir_fd=parent_fd)
-    except PermissionError:
-        if not unprivileged:
-            raise
-        os.chmod(name, 0o700, dir_fd=parent_fd)  # known to be a directory, not a link
-        fd = os.open(name, _DIR_OPEN, dir_fd=parent_fd)
-    if unprivileged:
-        os.fchmod(fd, 0o700)
-    return fd

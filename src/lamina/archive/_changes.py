@@ -10,10 +10,22 @@ The shapes are Docker's ``ChangesDirs`` (pkg/archive/changes.go):
   itself ADD or MODIFY already, and never for the root;
 * names with the same inode number on the same device are pruned unvisited
   (hardlinked or shared trees);
-* metadata compared: raw ``st_mode``, uid, gid, rdev, and for non-directories
-  size and mtime (whole-second tolerance: if either side's nanoseconds are 0
-  the seconds decide, for tar-extracted files); directory mtime and size are
-  ignored; the ``security.capability`` bytes are compared.
+* metadata compared: raw ``st_mode``, uid, gid, rdev and mtime, and for
+  non-directories size (mtimes with whole-second tolerance: if either side's
+  nanoseconds are 0 the seconds decide, for tar-extracted files); the
+  ``security.capability`` bytes are compared.
+
+One deliberate difference from Docker: a directory whose mtime differs is
+MODIFY, even when nothing below it changed.  Docker's ``statDifferent``
+skips directory mtimes, so a directory whose entries came and went (``/tmp``
+after a build step, a cache emptied) is left out of the diff and its parent
+plus the diff is not the layer: the directory keeps the parent's time.
+overlayfs's native diff (the upper directory as it is) has always carried
+those directories, so the naive diff now agrees with it and
+``apply(parent, diff(layer, parent))`` reproduces the layer's tree,
+directory times included (directory times are set after all entries, so
+the children applied below it do not disturb them).  The root is still
+never reported: a tar cannot carry its metadata (the applier skips ``./``).
 
 Where Docker stops at metadata we go one step further, because a file
 rewritten with the same size inside one timestamp tick has the same
@@ -54,6 +66,7 @@ import os
 import stat
 
 from lamina._change import Change, ChangeKind
+from lamina._tree import ShortPaths
 from lamina.archive._statx import birth_time_ns
 from lamina.errors import NotFoundError
 
@@ -131,7 +144,14 @@ def _mtime_bound(st: os.stat_result) -> int:
 
 
 def stat_different(old: os.stat_result, new: os.stat_result) -> bool:
-    """Docker's statDifferent: mode, owner, rdev, and for non-directories size and mtime."""
+    """Mode, owner, rdev and mtime; size for non-directories (Docker's plus directory mtimes).
+
+    Docker's ``statDifferent`` ignores a directory's mtime, so a directory
+    whose entries came and went (``/tmp``) is missing from its diff, and the
+    parent plus the diff is not the layer.  Comparing it too makes
+    ``apply(parent, diff)`` reproduce every directory time (see the module
+    doc).  The size of a directory says nothing and stays ignored.
+    """
     if (
         old.st_mode != new.st_mode
         or old.st_uid != new.st_uid
@@ -139,9 +159,7 @@ def stat_different(old: os.stat_result, new: os.stat_result) -> bool:
         or old.st_rdev != new.st_rdev
     ):
         return True
-    if stat.S_ISDIR(old.st_mode):
-        return False
-    if old.st_size != new.st_size:
+    if old.st_size != new.st_size and not stat.S_ISDIR(old.st_mode):
         return True
     a, b = old.st_mtime_ns, new.st_mtime_ns
     if a == b:
@@ -431,20 +449,25 @@ def changes_size(new_dir: str | os.PathLike[str], changes: list[Change]) -> int:
     root = os.fspath(new_dir).rstrip("/")
     seen: set[tuple[int, int]] = set()
     total = 0
-    for change in changes:
-        if change.kind == ChangeKind.DELETE:
-            continue
-        try:
-            st = os.lstat(root + change.path)
-        except OSError as exc:
-            _debug("changes_size: skipping %s: %s", change.path, exc)
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            continue
-        if st.st_nlink > 1:
-            key = (st.st_dev, st.st_ino)
-            if key in seen:
-                continue
-            seen.add(key)
-        total += st.st_size
+    with ShortPaths() as short:  # a path may be longer than PATH_MAX
+        for change in changes:
+            if change.kind != ChangeKind.DELETE:
+                total += _size_once(short, root + change.path, seen)
     return total
+
+
+def _size_once(short: ShortPaths, path: str, seen: set[tuple[int, int]]) -> int:
+    """The size a change adds: 0 for a directory, a vanished path or a link already counted."""
+    try:
+        st = os.lstat(short.get(path))
+    except OSError as exc:
+        _debug("changes_size: skipping %s: %s", path, exc)
+        return 0
+    if stat.S_ISDIR(st.st_mode):
+        return 0
+    if st.st_nlink > 1:
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            return 0
+        seen.add(key)
+    return st.st_size

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from lamina._tree import remove_tree_at
 from lamina.archive._tarsplit import Checksum, Crc64, Packer, Record, dump_record
 from lamina.archive.windows import (
     FILE_ATTRIBUTE_DIRECTORY,
@@ -386,7 +387,7 @@ class _Writer:
         if not stat.S_ISDIR(st.st_mode):
             os.unlink(rel, dir_fd=self.root_fd)
         elif tree:
-            shutil.rmtree(rel, dir_fd=self.root_fd)
+            remove_tree_at(self.root_fd, rel)
         else:
             os.rmdir(rel, dir_fd=self.root_fd)
 
