@@ -78,9 +78,6 @@ EFFECTS_ALLOWED: set[tuple[str, str]] = {
     # new -> fill -> publish by rename/exchange -> sweep, used by every driver)
     ("lamina.drivers.windowsfilter._driver", "os.rename"),
     ("lamina.drivers.windowsfilter._overlay", "os.rename"),
-    # the iterative tree remover's renames, to move with it to lamina._tree
-    # (issue 11, "one iterative tree remover")
-    ("lamina.archive._apply", "os.rename"),
     # a test write of the graphtest port (forces delayed allocation to meet the
     # quota): the testsuite's own file, not a store effect
     ("lamina.drivers.testsuite._graphtest", "os.fsync"),

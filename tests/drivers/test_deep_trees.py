@@ -329,10 +329,6 @@ def test_windowsfilter_remove_changes_and_cleanup_of_a_deep_layer(windows: Drive
     assert [p.name for p in windows.home.iterdir() if "deep" in p.name] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="windowsfilter's importer opens entries by full path: a bare ENAMETOOLONG (issue 11)",
-)
 def test_windowsfilter_apply_past_path_max_works_or_says_why(windows: Driver) -> None:
     windows.create("long")
     try:
