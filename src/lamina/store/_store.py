@@ -252,13 +252,16 @@ class Store:
         entries = [] if row is None else str(row[0]).splitlines()
         self._finish_layer_removal(entries)
         self._db.end_intent(intent)
-        return [entry.split("/", 2)[2] for entry in entries]
+        return [e.split("/", 2)[2] for e in entries if not e.startswith("blob/")]
 
     def _finish_layer_removal(self, entries: list[str]) -> None:
         from lamina.store._layers import tar_split_path
 
         for entry in entries:
             driver_name, driver_id, chain = entry.split("/", 2)
+            if driver_name == "blob":
+                self._blobs.remove(chain)
+                continue
             with contextlib.suppress(NotFoundError):
                 self._driver_named(driver_name).remove(driver_id)
             tar_split_path(self.root, chain).unlink(missing_ok=True)
