@@ -132,10 +132,12 @@ class Store:
     # -- context manager ------------------------------------------------------------
 
     def close(self) -> None:
-        """Release this process's in-process views and the database connection."""
-        for driver in self._drivers.values():
-            with contextlib.suppress(Exception):
-                driver.cleanup()
+        """Close the database connection.
+
+        The drivers are left alone: ``driver.cleanup()`` would also take down
+        ``mount()`` views, which outlive this process by design (another
+        process, or a later ``unmount``, releases them).
+        """
         self._db.close()
 
     def __enter__(self) -> Self:
