@@ -232,3 +232,17 @@ def test_container_names_are_unique(tmp_path: Path) -> None:
         assert len(s.containers()) == 1
         with pytest.raises(NotFoundError):
             s.container("two")
+
+
+def test_a_mounted_container_is_removed_only_with_force(tmp_path: Path, driver_name: str) -> None:
+    with Store(tmp_path / "s", driver=driver_name) as s:
+        image = load_demo(s, tmp_path)
+        c = s.create_container(image)  # type: ignore[arg-type]
+        s.mount(c)
+        s.mount(c)
+        with pytest.raises(InUseError):
+            s.remove_container(c)
+        assert s.containers() == [c]
+        s.remove_container(c, force=True)
+        assert s.containers() == []
+        assert s.check().ok
