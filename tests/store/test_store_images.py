@@ -246,3 +246,20 @@ def test_a_mounted_container_is_removed_only_with_force(tmp_path: Path, driver_n
         s.remove_container(c, force=True)
         assert s.containers() == []
         assert s.check().ok
+
+
+def test_image_by_digest_reference(tmp_path: Path) -> None:
+    with Store(tmp_path / "s", driver="vfs") as s:
+        image = load_demo(s, tmp_path)
+        assert s.image(f"demo@{image.digest}") == image  # type: ignore[attr-defined]
+
+
+def test_layer_lock_times_out_with_a_typed_error(tmp_path: Path) -> None:
+    from lamina._fs import file_lock
+
+    lock = tmp_path / "x.lock"
+    with file_lock(lock), pytest.raises(InUseError):  # a second open file: a second holder
+        with file_lock(lock, timeout=0.1):
+            pass
+    with file_lock(lock, timeout=0.1):  # released with the first holder
+        pass

@@ -198,6 +198,12 @@ class Store:
             found = self._db.image_by_name(name)
             if found is not None:
                 return found
+            if "@" in name:  # name@sha256:… names the image with that manifest digest
+                rows = self._db.query(
+                    "SELECT id FROM images WHERE digest = ?", (name.rpartition("@")[2],)
+                )
+                if rows:
+                    return str(rows[0][0])
         if candidates:
             return candidates[0]
         raise NotFoundError(f"no image {text!r} in the store")
