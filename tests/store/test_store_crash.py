@@ -128,10 +128,10 @@ def test_recovery_leaves_a_chain_alone_while_a_live_process_stores_it(tmp_path: 
                 ("sha256:" + "e" * 64, "vfs/" + "e" * 64),
             )
         del chain
-    with file_lock(root / "locks" / ("e" * 64 + ".lock")):  # "a live process stores it"
-        with Store(root) as s:
-            assert s.driver.exists("e" * 64)
-            assert len(s._db.intents()) == 1
+    # "a live process stores it": it holds the chain's lock
+    with file_lock(root / "locks" / ("e" * 64 + ".lock")), Store(root) as s:
+        assert s.driver.exists("e" * 64)
+        assert len(s._db.intents()) == 1
     with Store(root) as s:  # the lock is free: the leftover goes
         assert not s.driver.exists("e" * 64)
         assert s._db.intents() == []

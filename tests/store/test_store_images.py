@@ -258,8 +258,8 @@ def test_layer_lock_times_out_with_a_typed_error(tmp_path: Path) -> None:
     from lamina._fs import file_lock
 
     lock = tmp_path / "x.lock"
-    with file_lock(lock), pytest.raises(InUseError):  # a second open file: a second holder
-        with file_lock(lock, timeout=0.1):
-            pass
+    # a second open file is a second holder
+    with file_lock(lock), pytest.raises(InUseError), file_lock(lock, timeout=0.1):
+        pass
     with file_lock(lock, timeout=0.1):  # released with the first holder
         pass
