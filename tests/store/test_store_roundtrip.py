@@ -224,3 +224,16 @@ def test_property_load_save_load_is_identity(
                     assert (
                         hashlib.sha256(f.read()).hexdigest() == hashlib.sha256(original).hexdigest()
                     )
+
+
+def test_a_compressed_docker_save_stream_loads(tmp_path: Path) -> None:
+    """``docker save x | gzip`` (or zstd) is one compressed stream; docker load takes it."""
+    import gzip
+
+    import zstandard
+
+    data, built = docker_archive_legacy([(["z:1"], [layer_tar({"a": b"1" * 5000})])])
+    for packed in (gzip.compress(data), zstandard.ZstdCompressor().compress(data)):
+        with Store(tmp_path / f"s{len(packed)}", driver="vfs") as s:
+            (image,) = s.load(pipe_of(packed))
+            assert image.id == built.ids[0]
