@@ -25,7 +25,7 @@ from lamina.errors import (
     StateError,
 )
 from lamina.store._blobs import BlobStore
-from lamina.store._db import ConstraintError, Database, DatabaseDamaged, Row
+from lamina.store._db import Database, DatabaseDamaged, Row
 from lamina.store._layers import (
     WINDOWS_DRIVER,
     LayerSource,
@@ -380,11 +380,6 @@ class Store:
                 "created": _now(),
             }
             self._db.add_container(record, intent)
-        except ConstraintError:
-            with contextlib.suppress(Exception):
-                driver.remove(container_id)
-            self._db.end_intent(intent)
-            raise AlreadyExistsError(f"a container named {name!r} exists") from None
         except BaseException:
             with contextlib.suppress(Exception):
                 driver.remove(container_id)
