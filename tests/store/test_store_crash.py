@@ -89,8 +89,11 @@ def test_kill_9_during_load_then_reopen(tmp_path: Path, delay: float) -> None:
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
+    killed = proc.returncode == -signal.SIGKILL
     with Store(root) as s:  # never raises on leftovers
         images = s.images()
+        if not killed:
+            assert len(images) == 1
         for image in images:  # complete or absent
             have = {layer.chain_id for layer in s.layers()}
             assert set(image.layers) <= have

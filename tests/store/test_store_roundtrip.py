@@ -203,7 +203,7 @@ layer_specs = st.dictionaries(names, contents, min_size=1, max_size=4)
     compress=st.booleans(),
 )
 def test_property_load_save_load_is_identity(
-    tmp_path: Path, specs: list[dict[str, bytes]], fmt: str, compress: bool
+    tmp_path: Path, driver_name: str, specs: list[dict[str, bytes]], fmt: str, compress: bool
 ) -> None:
     with tempfile.TemporaryDirectory(dir=tmp_path) as work_dir:
         work = Path(work_dir)
@@ -212,11 +212,11 @@ def test_property_load_save_load_is_identity(
             for i, spec in enumerate(specs)
         ]
         oci_layout(work / "layout", [("prop:1", tars)], compress=compress)
-        with Store(work / "a", driver="vfs") as a:
+        with Store(work / "a", driver=driver_name) as a:
             (image,) = a.load(work / "layout")
             before = summary(a, image)
             a.save([image], work / "out", format=fmt)
-        with Store(work / "b", driver="vfs") as b:
+        with Store(work / "b", driver=driver_name) as b:
             (again,) = b.load(work / "out")
             assert summary(b, again) == before
             for chain, original in zip(again.layers, tars, strict=True):

@@ -483,7 +483,8 @@ class Store:
 
         if isinstance(images, Image | str):
             images = [images]
-        save(self, [self.image(i) for i in images], dest, format)
+        chosen = {image.id: image for image in (self.image(i) for i in images)}
+        save(self, list(chosen.values()), dest, format)
 
     # -- registry (issue 13) ---------------------------------------------------------
 
