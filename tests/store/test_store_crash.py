@@ -186,3 +186,27 @@ def test_kill_9_during_commit_then_reopen(tmp_path: Path, delay: float) -> None:
         assert len(s.layers()) == len(s.images())  # base, and the commit's layer if it finished
         assert s._db.intents() == []
         assert len(driver_layer_dirs(root)) == len(s.layers()) + 1  # + the container's layer
+
+
+def test_gc_and_recovery_in_another_process_spare_a_load_in_flight(tmp_path: Path) -> None:
+    """Layers a live load stored but no image names yet are leased: gc leaves them."""
+    built = oci_layout(tmp_path / "layout", [("busy:1", big_layers(6, 3 << 20, seed=5))])
+    root = tmp_path / "store"
+    with Store(root, driver="vfs"):
+        pass
+    proc = start_load(root, tmp_path / "layout")
+    rounds = 0
+    while proc.poll() is None:
+        with Store(root) as s:  # each open also runs recovery
+            s.gc()
+        rounds += 1
+        time.sleep(0.02)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert out.split() == built.ids
+    assert rounds > 0
+    with Store(root) as s:
+        (image,) = s.images()
+        assert len(image.layers) == 6
+        report = s.check()
+        assert report.ok, report.problems
