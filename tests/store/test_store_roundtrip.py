@@ -237,3 +237,50 @@ def test_a_compressed_docker_save_stream_loads(tmp_path: Path) -> None:
         with Store(tmp_path / f"s{len(packed)}", driver="vfs") as s:
             (image,) = s.load(pipe_of(packed))
             assert image.id == built.ids[0]
+
+
+def test_multi_platform_index_loads_the_host_image_even_when_sparse(tmp_path: Path) -> None:
+    import json
+
+    from lamina import oci
+
+    host = oci.host_platform()
+    built = oci_layout(tmp_path / "l", [(None, [layer_tar({"host": b"1"})])])
+    root = tmp_path / "l"
+    index = json.loads((root / "index.json").read_text())
+    host_entry = dict(
+        index["manifests"][0], platform={"os": host.os, "architecture": host.architecture}
+    )
+    other = {
+        "mediaType": host_entry["mediaType"],
+        "digest": "sha256:" + "0" * 64,
+        "size": 10,
+        "platform": {"os": "linux", "architecture": "s390x"},
+    }  # not in the archive
+    nested = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [other, host_entry],
+        }
+    ).encode()
+    (root / "blobs" / "sha256" / sha256(nested)[7:]).write_bytes(nested)
+    (root / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "digest": sha256(nested),
+                        "size": len(nested),
+                        "annotations": {"io.containerd.image.name": "docker.io/library/multi:1"},
+                    }
+                ],
+            }
+        )
+    )
+    with Store(tmp_path / "s", driver="vfs") as s:
+        (image,) = s.load(root)
+        assert image.id == built.ids[0]
+        assert image.names == ("docker.io/library/multi:1",)

@@ -166,7 +166,12 @@ def _oci_plans(docs: _Docs, *, final: bool) -> list[_Plan] | None:
             if data is None:
                 return _missing(final, descriptor.digest)
             nested = oci.Index.parse(data)
-            pick = oci.select_platform(nested.platforms(), oci.host_platform())
+            # a platform-sparse export holds some of the manifests: choose among those
+            present = [
+                p if docs.get(oci.blob_path(m.digest)) is not None else None
+                for p, m in zip(nested.platforms(), nested.manifests, strict=True)
+            ]
+            pick = oci.select_platform(present, oci.host_platform())
             if pick is None:
                 raise NotFoundError(f"image index {descriptor.digest} has no image for this host")
             manifest_desc = nested.manifests[pick]
