@@ -82,10 +82,14 @@ class Store:
             self._db = self._reopen_damaged(exc)
         self._blobs = BlobStore(self.root)
         self._drivers: dict[str, Driver] = {}
-        name = driver or self._db.meta("driver")
-        self.driver = self._pick_driver(name)
-        if self._db.meta("driver") != self.driver.name:
-            self._db.set_meta("driver", self.driver.name)
+        try:
+            name = driver or self._db.meta("driver")
+            self.driver = self._pick_driver(name)
+            if self._db.meta("driver") != self.driver.name:
+                self._db.set_meta("driver", self.driver.name)
+        except BaseException:
+            self._db.close()
+            raise
         from lamina.store._recover import recover
 
         recover(self)

@@ -514,7 +514,11 @@ def _load_plain_tar(store: Store, stream: BinaryIO) -> list[Image]:
                 )
             raise InvalidArchiveError(f"layer {member!r} is missing from the archive (truncated?)")
 
-        return _execute(store, plans, source_for, intent)
+        images = _execute(store, plans, source_for, intent)
+        for digest in spooled_blobs:  # spooled but no layer's: another platform's, say
+            if store._db.blob(digest) is None:
+                store._blobs.remove(digest)
+        return images
     except BaseException:
         _abandon(store, intent)
         for digest in spooled_blobs:
