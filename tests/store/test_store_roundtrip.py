@@ -284,3 +284,37 @@ def test_multi_platform_index_loads_the_host_image_even_when_sparse(tmp_path: Pa
         (image,) = s.load(root)
         assert image.id == built.ids[0]
         assert image.names == ("docker.io/library/multi:1",)
+
+
+def test_docker_25_archive_takes_names_from_manifest_json_too(tmp_path: Path) -> None:
+    """Docker >= 25 writes an OCI layout plus manifest.json; RepoTags name the image."""
+    import json
+    import tarfile
+
+    oci_layout(tmp_path / "layout", [(None, base_layers())])
+    with Store(tmp_path / "a", driver="vfs") as a:
+        (image,) = a.load(tmp_path / "layout")
+        assert image.names == ()
+        a.tag(image, "named:7")
+        out = io.BytesIO()
+        a.save(a.image("named:7"), out, format="docker-archive")
+    rewritten = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(out.getvalue())) as src,
+        tarfile.open(fileobj=rewritten, mode="w") as dst,
+    ):
+        for member in src:
+            body = src.extractfile(member) if member.isfile() else None
+            if member.name == "index.json" and body is not None:
+                index = json.loads(body.read())
+                for entry in index["manifests"]:
+                    entry.pop("annotations", None)
+                data = json.dumps(index).encode()
+                member.size = len(data)
+                dst.addfile(member, io.BytesIO(data))
+            else:
+                dst.addfile(member, body)
+    with Store(tmp_path / "b", driver="vfs") as b:
+        (again,) = b.load(io.BytesIO(rewritten.getvalue()))
+        assert again.id == image.id
+        assert again.names == ("docker.io/library/named:7",)
