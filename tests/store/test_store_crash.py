@@ -210,3 +210,24 @@ def test_gc_and_recovery_in_another_process_spare_a_load_in_flight(tmp_path: Pat
         assert len(image.layers) == 6
         report = s.check()
         assert report.ok, report.problems
+
+
+def test_a_removal_cut_short_after_its_commit_is_finished_on_open(tmp_path: Path) -> None:
+    """remove_image commits the rows first; a kill before the driver removals is finished later."""
+    oci_layout(tmp_path / "layout", [("gone:1", [layer_tar({"a": b"1"}), layer_tar({"b": b"2"})])])
+    root = tmp_path / "store"
+    with Store(root, driver="vfs") as s:
+        (image,) = s.load(tmp_path / "layout")
+        with s._db.tx() as c:
+            c.execute("DELETE FROM images WHERE id = ?", (image.id,))
+        intent = s._db.drop_layers_intent(list(reversed(image.layers)))
+        assert intent is not None
+        with s._db.tx() as c:  # as if the process died right after that commit
+            c.execute("UPDATE intents SET pid = 999999999 WHERE id = ?", (intent,))
+        assert len(driver_layer_dirs(root)) == 2
+    with Store(root) as s:
+        assert driver_layer_dirs(root) == []
+        assert s._db.intents() == []
+        assert s.check().ok
+        blobs = root / "blobs" / "sha256"
+        assert list(blobs.iterdir()) == []
