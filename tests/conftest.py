@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from lamina._fs._loopimage import _attach_loop
 from lamina._fs._mount import is_mountpoint, mount, umount
-from lamina._fs._quota import _attach_loop
 
 MountFs = Callable[..., Path]
 

@@ -66,22 +66,10 @@ EFFECT_OWNERS = ("lamina._fs", "lamina._tree")
 
 # (importer, imported private module): known crossings of rule 1.
 PRIVATE_IMPORTS_ALLOWED: set[tuple[str, str]] = {
-    # to be removed by the archive.windows face (issue 11, "What to build" 2)
-    ("lamina.cli._windows", "lamina.archive._sddl"),
-    ("lamina.cli._windows", "lamina.archive._wintar"),
-    ("lamina.cli._windows", "lamina.archive._wintar_reader"),
-    ("lamina.drivers.windowsfilter._driver", "lamina.archive._wintar"),
-    ("lamina.drivers.windowsfilter._export", "lamina.archive._wintar"),
-    ("lamina.drivers.windowsfilter._import", "lamina.archive._wintar"),
-    ("lamina.drivers.windowsfilter._import", "lamina.archive._wintar_reader"),
-    ("lamina.drivers.windowsfilter._merge", "lamina.archive._wintar"),
-    # to be removed by the archive.windows face too: windowsfilter's byte-exact
-    # export is the only user of tar-split today (the store gives it a face, issue 12)
+    # windowsfilter's byte-exact export is the only user of tar-split today
+    # (the store gives it a face, issue 12)
     ("lamina.drivers.windowsfilter._driver", "lamina.archive._tarsplit"),
     ("lamina.drivers.windowsfilter._import", "lamina.archive._tarsplit"),
-    # to be removed by the one loop-image module of _fs (issue 11, house.md
-    # "Loop images"): _sandbox's names clash with _quota's, so it has no face yet
-    ("lamina.drivers.windowsfilter._driver", "lamina._fs._sandbox"),
 }
 
 # (module, call): known crossings of rule 2.
@@ -303,7 +291,7 @@ def test_the_floor_check_sees_an_import_from_above(module: str, source: str, bad
     ("source", "rule"),
     [
         ("from lamina._fs._probe import ProbeFile\n", "private"),
-        ("from lamina.archive import _wintar\n", "private"),
+        ("from lamina.archive import _tarreader\n", "private"),
         ("import lamina.archive._apply\n", "private"),
         ("import os\nos.replace('a', 'b')\n", "effect"),
         ("from pathlib import Path\nPath('a').rename('b')\n", "effect"),

@@ -16,7 +16,8 @@ Callers test the class, never the message::
     ├── ArchiveError                 a layer tar could not be applied
     │   ├── InvalidArchiveError      malformed, truncated or unsupported input
     │   │   └── ArchiveTooLargeError decompression or size limit exceeded (a "bomb")
-    │   └── UnsafeArchiveError       the tar tried to reach outside the layer
+    │   ├── UnsafeArchiveError       the tar tried to reach outside the layer
+    │   └── LayerChangedError        a file was replaced or resized while it was exported
     ├── IntegrityError               bytes do not match their digest or declared size
     ├── RegistryError                the registry failed or refused a request
     │   └── AuthenticationError      401/403: no, wrong or insufficient credentials
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidArchiveError",
     "InvalidArgumentError",
     "LaminaError",
+    "LayerChangedError",
     "MaxDepthError",
     "NotFoundError",
     "NotSupportedError",
@@ -117,6 +119,22 @@ class ArchiveTooLargeError(InvalidArchiveError):
 
 class UnsafeArchiveError(ArchiveError):
     """An entry tried to reach outside the layer root (``..``, links, devices)."""
+
+
+class LayerChangedError(ArchiveError):
+    """A listed file was replaced or changed size while its layer was being exported.
+
+    A running container can rename a symlink, a device node or a FIFO over a
+    file the export has listed, swap a directory for a symlink, or write to
+    a file being read.  The tar cannot hold what was listed (its header may
+    be out already), and following what was swapped in would export host
+    data, so the export stops; exporting again gives a consistent tar once
+    the writer is done.  ``path`` is the entry's path in the layer.
+    """
+
+    def __init__(self, message: str, *, path: str, errno: int | None = None) -> None:
+        super().__init__(message, errno=errno)
+        self.path = path
 
 
 class IntegrityError(LaminaError):

@@ -103,8 +103,8 @@ def test_cache_tells_reformatted_filesystems_apart(tmp_path: Path) -> None:
     """Loop device numbers are reused; a new filesystem on the same device is probed anew."""
     import subprocess
 
+    from lamina._fs._loopimage import _attach_loop
     from lamina._fs._mount import mount, umount
-    from lamina._fs._quota import _attach_loop
 
     image, mnt = tmp_path / "fs.img", tmp_path / "mnt"
     mnt.mkdir()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from lamina._fs import _loopimage as loop_module
 from lamina._fs import _quota as quota_module
-from lamina._fs._quota import (
-    ProjectQuota,
+from lamina._fs._loopimage import (
     create_image,
     grow_image,
     grow_mounted_image,
@@ -20,6 +20,7 @@ from lamina._fs._quota import (
     mount_image,
     unmount_image,
 )
+from lamina._fs._quota import ProjectQuota
 from lamina.errors import QuotaNotSupportedError
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: loop devices, mounts")
@@ -57,7 +58,7 @@ def test_kernel_structures_have_the_uapi_sizes() -> None:
     """The layouts the kernel headers give (linux/dqblk_xfs.h, linux/fs.h, linux/loop.h)."""
     assert quota_module._DQUOT.size == 112  # struct fs_disk_quota
     assert quota_module._FSXATTR.size == 28  # struct fsxattr
-    assert quota_module._LOOP_CONFIG.size == 304  # struct loop_config
+    assert loop_module._LOOP_CONFIG.size == 304  # struct loop_config
     assert _ioc(2, "X", 31, 28) == quota_module._FS_IOC_FSGETXATTR  # _IOR
     assert _ioc(1, "X", 32, 28) == quota_module._FS_IOC_FSSETXATTR  # _IOW
     assert (ord("X") << 8) + 4 == quota_module._Q_XSETQLIM
@@ -177,7 +178,7 @@ def _has_cap_sys_resource() -> bool:
 def _geometry(image: Path) -> tuple[int, int]:
     fd = os.open(image, os.O_RDONLY)
     try:
-        return quota_module._ext4_geometry(fd)
+        return loop_module._ext4_geometry(fd)
     finally:
         os.close(fd)
 

@@ -15,7 +15,7 @@ import pytest
 
 from lamina import Change, ChangeKind
 from lamina.archive import IDMap, IDRange, WhiteoutFormat, changes, export_changes, export_tree
-from lamina.errors import InvalidArchiveError, NotFoundError
+from lamina.errors import InvalidArchiveError, LayerChangedError, NotFoundError
 
 IS_ROOT = os.geteuid() == 0
 MTIME = 1_600_000_000
@@ -242,8 +242,11 @@ def test_export_changes_does_not_follow_symlinked_parents(tmp_path: Path) -> Non
     root = tmp_path / "root"
     root.mkdir()
     os.symlink(str(outside), root / "dir")  # swapped in after the changes were computed
-    _, members = read_members(export_changes(root, [Change("/dir/secret", ChangeKind.ADD)]))
-    assert members == []
+    stream = export_changes(root, [Change("/dir/secret", ChangeKind.ADD)])
+    with pytest.raises(LayerChangedError) as caught:
+        stream.read()
+    stream.close()
+    assert caught.value.path == "dir/secret"
 
 
 def test_id_map_to_container_and_whiteouts_unmapped(tmp_path: Path, needs_root: None) -> None:
@@ -362,7 +365,8 @@ def test_overlay_tar_untar_shape(tmp_path: Path, needs_root: None) -> None:
 
 
 @pytest.mark.parametrize("change", ["shrinks", "grows"])
-def test_file_changing_size_while_read_keeps_a_valid_tar(tmp_path: Path, change: str) -> None:
+def test_file_changing_size_while_read_is_refused(tmp_path: Path, change: str) -> None:
+    """Its header (with the size) is out: neither zeros nor a cut body may stand for it."""
     root = tmp_path / "root"
     root.mkdir()
     size = 2 * 1024 * 1024
@@ -374,23 +378,32 @@ def test_file_changing_size_while_read_keeps_a_valid_tar(tmp_path: Path, change:
     assert head[:6] == b"a-file"
     if change == "shrinks":
         os.truncate(root / "a-file", 1000)
-        expected = b"s" * 1000 + bytes(size - 1000)  # zero-filled up to the header size
     else:
         with open(root / "a-file", "ab") as fh:
             fh.write(b"+" * 5000)
-        expected = b"s" * size  # cut at the header size
-    rest = b""
-    while chunk := raw.read(1 << 20):
-        rest += chunk
+    with pytest.raises(LayerChangedError) as caught:
+        while raw.read(1 << 20):
+            pass
     stream.close()
-    with tarfile.open(fileobj=io.BytesIO(head + rest)) as tf:
-        members = tf.getmembers()
-        assert [(m.name, m.size) for m in members] == [("a-file", size), ("b-after", 5)]
-        a = tf.extractfile(members[0])
-        b = tf.extractfile(members[1])
-        assert a is not None and b is not None
-        assert a.read() == expected
-        assert b.read() == b"after"
+    assert caught.value.path == "a-file"
+
+
+def test_file_written_between_listing_and_open_is_exported_as_opened(tmp_path: Path) -> None:
+    """The header is made from the descriptor's fstat, so it matches the body read."""
+    root = tmp_path / "root"
+    root.mkdir()
+    touch(root / "a-big", b"a" * (4 << 20))  # the first read stops inside it
+    touch(root / "b-small", b"before")
+    stream = export_tree(root)
+    first = stream.read(1)  # lists the root: b-small is listed, not opened yet
+    with open(root / "b-small", "ab") as fh:
+        fh.write(b" and after")
+    data = first + stream.read()
+    stream.close()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        member = tf.getmember("b-small")
+        body = tf.extractfile(member)
+        assert body is not None and body.read() == b"before and after"
 
 
 def test_closing_early_releases_descriptors(tmp_path: Path) -> None:

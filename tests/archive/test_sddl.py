@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from lamina.archive._sddl import from_sddl, parse_descriptor, sid_from_string, to_sddl
+from lamina.archive.windows import from_sddl, parse_descriptor, sid_from_string, to_sddl
 from lamina.errors import InvalidArgumentError
 
 GGCR_USERS = "AQAAgBQAAAAkAAAAAAAAAAAAAAABAgAAAAAABSAAAAAhAgAAAQIAAAAAAAUgAAAAIQIAAA=="

@@ -12,20 +12,22 @@ from pathlib import Path
 
 import pytest
 
-from lamina.archive._wintar import (
+from lamina.archive.windows import (
     EntryKind,
     GoHeader,
     GoTarWriter,
     LayerValidator,
+    RawTarReader,
     basic_info_header,
     classify,
     filetime_to_ns,
     format_pax_time,
     ns_to_filetime,
+    parse_pax_records,
+    parse_pax_time,
     stream_header,
     whiteout_header,
 )
-from lamina.archive._wintar_reader import RawTarReader, parse_pax_records, parse_pax_time
 from lamina.errors import InvalidArchiveError, UnsafeArchiveError
 
 T = 1_591_714_327_123_456_700

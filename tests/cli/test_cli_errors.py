@@ -242,14 +242,7 @@ def test_open_file_limit_during_a_command_is_exit_8(root: Path, tmp_path: Path) 
     "driver",
     [
         "vfs",
-        pytest.param(
-            "windowsfilter",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="windowsfilter's own parse_size leaks ValueError; fixed when it uses the "
-                "one size parser in lamina._units (issue 11, 'one size parser')",
-            ),
-        ),
+        "windowsfilter",
     ],
 )
 def test_malformed_size_is_a_usage_error(

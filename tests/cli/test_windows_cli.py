@@ -8,6 +8,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from lamina import drivers
@@ -91,3 +92,83 @@ def test_convert_linux_layer_imports_as_windows_layer(tmp_path: Path) -> None:
         d.put("app")
     with d.diff("app") as f:
         assert f.read() == out.read_bytes()
+
+
+def _linux_tar(entries: list[tuple[str, str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, kind, data in entries:
+            ti = tarfile.TarInfo(name)
+            ti.mtime = 1_600_000_000
+            if kind == "d":
+                ti.type = tarfile.DIRTYPE
+            elif kind == "h":
+                ti.type, ti.linkname = tarfile.LNKTYPE, data.decode()
+                data = b""
+            ti.size = len(data) if kind == "f" else 0
+            tf.addfile(ti, io.BytesIO(data) if kind == "f" else None)
+    return buf.getvalue()
+
+
+def test_convert_makes_what_the_driver_accepts_from_a_debian_shaped_layer(tmp_path: Path) -> None:
+    """No parent directory entries and names equal but for case, as in real Debian layers.
+
+    The seed's convert wrote them as they came and exited 0; the driver then
+    refused the output ("its directory must come first", "duplicate entry").
+    """
+    linux = _linux_tar(
+        [
+            ("usr/share/man/man7/PAM.7.gz", "f", b"upper"),  # no usr/, usr/share/... entries
+            ("usr/share/man/man7/pam.7.gz", "f", b"lower"),  # one name on Windows
+            ("usr/Lib/a.txt", "f", b"a"),
+            ("usr/lib/b.txt", "f", b"b"),  # inside the same directory on Windows
+            ("usr/lib", "d", b""),  # the directory's own entry, after its children
+            ("etc/motd", "f", b"motd"),
+            ("etc/MOTD/x", "f", b"x"),  # beneath a file on Windows
+            ("bin/sh", "f", b"#!"),
+            ("bin/ash", "h", b"bin/sh"),  # a hard link group
+            ("bin/pam", "h", b"usr/share/man/man7/pam.7.gz"),  # to the kept spelling
+        ]
+    )
+    (tmp_path / "linux.tar").write_bytes(linux)
+    out = tmp_path / "win.tar"
+    result = CliRunner().invoke(windows, ["convert", str(tmp_path / "linux.tar"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "usr/share/man/man7/pam.7.gz" in result.output and "PAM.7.gz" in result.output
+    assert "etc/MOTD/x" in result.output
+    d = drivers.new_driver("windowsfilter", tmp_path / "store")
+    d.create("app")
+    with open(out, "rb") as f:
+        d.apply_diff("app", None, f)
+    root = d.get("app")
+    try:
+        assert (root / "usr/share/man/man7/PAM.7.gz").read_bytes() == b"upper"
+        assert not (root / "usr/share/man/man7/pam.7.gz").exists()
+        assert sorted(p.name for p in (root / "usr/Lib").iterdir()) == ["a.txt", "b.txt"]
+        assert not (root / "usr/lib").exists()
+        assert (root / "etc/motd").read_bytes() == b"motd"
+        sh, ash = (root / "bin/sh").stat(), (root / "bin/ash").stat()
+        assert sh.st_ino == ash.st_ino
+        assert (root / "bin/pam").read_bytes() == b"upper"
+    finally:
+        d.put("app")
+
+
+_DEBIAN = Path("/var/tmp/lamina-bench/work/layers/layer0.tar")
+
+
+def test_convert_a_real_debian_layer_and_import_it(tmp_path: Path) -> None:
+    if not _DEBIAN.is_file():
+        pytest.skip(f"no real Debian layer at {_DEBIAN}")
+    out = tmp_path / "win.tar"
+    result = CliRunner().invoke(windows, ["convert", str(_DEBIAN), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    d = drivers.new_driver("windowsfilter", tmp_path / "store")
+    d.create("debian")
+    with open(out, "rb") as f:
+        assert d.apply_diff("debian", None, f) > 0
+    root = d.get("debian")
+    try:
+        assert (root / "etc/os-release").exists() or (root / "usr/lib/os-release").exists()
+    finally:
+        d.put("debian")

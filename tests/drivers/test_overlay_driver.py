@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from lamina._fs._loopimage import _attach_loop
 from lamina._fs._mount import is_mountpoint, mount, mounts_below, umount
-from lamina._fs._quota import _attach_loop
 from lamina.drivers import new_driver
 from lamina.drivers.overlay import OverlayDriver
 from lamina.errors import (

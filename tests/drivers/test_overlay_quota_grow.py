@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from lamina._fs._loopimage import image_is_mounted
 from lamina._fs._mount import mounts_below
-from lamina._fs._quota import image_is_mounted
 from lamina.drivers import new_driver
 from lamina.drivers.overlay import OverlayDriver
 from lamina.errors import InUseError, InvalidArgumentError, NotFoundError

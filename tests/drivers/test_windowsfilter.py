@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import json
 import os
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,9 +25,9 @@ from test_windowsfilter_fixtures import (
 )
 
 from lamina import Change, ChangeKind, drivers
-from lamina.archive._wintar import PAX_CREATIONTIME, PAX_MOUNTPOINT, PAX_RAWSD
+from lamina.archive.windows import PAX_CREATIONTIME, PAX_MOUNTPOINT, PAX_RAWSD
 from lamina.drivers.windowsfilter import WindowsFilterDriver
-from lamina.errors import AlreadyExistsError, NotFoundError
+from lamina.errors import AlreadyExistsError, ArchiveError, NotFoundError
 
 LAYERS = (("L0", base_layer, None), ("L1", diff_layer_1, "L0"), ("L2", diff_layer_2, "L1"))
 BCD = "UtilityVM/Files/EFI/Microsoft/Boot/BCD"
@@ -236,7 +238,9 @@ def test_remove_renames_then_deletes_and_cleanup_sweeps(driver: WindowsFilterDri
     driver.remove("L2")
     assert not driver.exists("L2") and not (driver.home / "L2-removing").exists()
     driver.remove("L2")  # missing is fine
-    # a crash after the rename leaves <id>-removing behind; cleanup removes it
+    # a crash after the rename leaves <id>-removing behind, with the record that
+    # remove writes first; cleanup finishes it
+    (driver.home / "L1/.lamina/removing").write_text("L1-removing")
     os.rename(driver.home / "L1", driver.home / "L1-removing")
     stale = driver.home / ".lamina-staging" / "x.999999999.abc"
     stale.mkdir(parents=True)
@@ -276,3 +280,37 @@ def test_status_and_metadata(driver: WindowsFilterDriver) -> None:
         driver.get_metadata("nope")
     with pytest.raises(NotFoundError):
         driver.create("y", "nope")
+
+
+@pytest.mark.parametrize("mode", ["reexec", "inline"])
+def test_a_full_disk_is_a_typed_archive_error_carrying_errno(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """Was a bare ``OSError: [Errno 28] [Errno 28] No space left on device``."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: mounts a small tmpfs")
+    if mode == "inline":
+        monkeypatch.setenv("LAMINA_WINDOWSFILTER_NOREEXEC", "1")
+    else:
+        monkeypatch.delenv("LAMINA_WINDOWSFILTER_NOREEXEC", raising=False)
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
+    try:
+        d = drivers.new_driver("windowsfilter", small)
+        d.create("big")
+        layer = [
+            E("dir", "Files", top=True),
+            E("file", "Files/big.bin", os.urandom(4 << 20)),
+        ]
+        with pytest.raises(ArchiveError) as info:
+            d.apply_diff("big", None, io.BytesIO(go_layer(layer)))
+        assert type(info.value) is ArchiveError
+        assert info.value.errno == errno.ENOSPC
+        assert str(info.value).count("Errno") <= 1
+        assert "no space left" in str(info.value)
+        assert d.exists("big") and list((d.home / "big" / "Files").iterdir()) == []
+        d.cleanup()
+        assert list((d.home / ".lamina-staging").iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)

@@ -26,8 +26,7 @@ import io
 import tarfile
 from dataclasses import dataclass, field
 
-from lamina.archive._sddl import from_sddl
-from lamina.archive._wintar import (
+from lamina.archive.windows import (
     PAX_CREATIONTIME,
     PAX_FILEATTR,
     PAX_MOUNTPOINT,
@@ -37,6 +36,7 @@ from lamina.archive._wintar import (
     GoTarWriter,
     basic_info_header,
     format_pax_time,
+    from_sddl,
     stream_header,
     whiteout_header,
 )

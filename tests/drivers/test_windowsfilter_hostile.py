@@ -12,7 +12,7 @@ import pytest
 from test_windowsfilter_fixtures import E, base_layer, go_layer
 
 from lamina import drivers
-from lamina.archive._wintar import GoHeader, GoTarWriter
+from lamina.archive.windows import GoHeader, GoTarWriter
 from lamina.drivers.windowsfilter import WindowsFilterDriver
 from lamina.errors import InvalidArchiveError, LaminaError, UnsafeArchiveError
 

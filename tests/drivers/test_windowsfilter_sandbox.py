@@ -13,8 +13,9 @@ import pytest
 from test_windowsfilter_fixtures import base_layer, diff_layer_1, go_layer
 
 from lamina import drivers
-from lamina._fs import _sandbox
-from lamina.drivers.windowsfilter import DEFAULT_SANDBOX_SIZE, WindowsFilterDriver, parse_size
+from lamina._fs import loop_supported
+from lamina._units import ram_in_bytes
+from lamina.drivers.windowsfilter import DEFAULT_SANDBOX_SIZE, WindowsFilterDriver
 from lamina.errors import InvalidArgumentError, QuotaNotSupportedError
 
 
@@ -31,12 +32,22 @@ def driver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[WindowsF
     d.cleanup()
 
 
-def test_parse_size_follows_docker_units() -> None:
-    assert parse_size("50M") == 50 * 1024 * 1024
-    assert parse_size("127GB") == DEFAULT_SANDBOX_SIZE
-    assert parse_size("1.5k") == 1536
+@pytest.mark.parametrize("size", ["1.2.3G", "lots", "-1k", "1x"])
+def test_a_bad_size_is_a_typed_error_not_a_traceback(
+    driver: WindowsFilterDriver, size: str
+) -> None:
+    """One size parser (lamina._units): ``1.2.3G`` leaked a bare ValueError."""
     with pytest.raises(InvalidArgumentError):
-        parse_size("lots")
+        driver.create_read_write("bad", "L1", storage_opt={"size": size})
+    assert not driver.exists("bad")
+
+
+def test_sizes_read_as_docker_units(driver: WindowsFilterDriver) -> None:
+    """``.5k`` and ``1e3`` are go-units sizes; the driver's own parser refused them."""
+    assert ram_in_bytes("127GB") == DEFAULT_SANDBOX_SIZE
+    driver.create_read_write("box", "L1")
+    with pytest.raises(InvalidArgumentError):
+        driver.expand_sandbox_size("box", "1.2.3G")
 
 
 def test_sandbox_starts_as_the_merged_parent_and_diffs_windows_style(
@@ -109,7 +120,7 @@ def test_size_without_loop_support_is_refused(tmp_path: Path) -> None:
 
 
 needs_loop = pytest.mark.skipif(
-    not _sandbox.loop_supported(), reason="needs root, /dev/loop-control and mkfs.ext4"
+    not loop_supported(), reason="needs root, /dev/loop-control and mkfs.ext4"
 )
 
 
@@ -140,3 +151,20 @@ def test_size_is_enforced_with_enospc_and_can_grow(driver: WindowsFilterDriver) 
     assert "A /bigfile" in {str(c) for c in driver.changes("quota")}
     driver.remove("quota")
     assert not (driver.home / "quota").exists()
+
+
+def test_a_sandbox_keeps_its_parents_hard_link_groups(driver: WindowsFilterDriver) -> None:
+    """A hard link in the parent (``bin/ash`` = ``bin/sh``) stays one file in the copy."""
+    driver.create_read_write("box", "L0")
+    root = driver.get("box")
+    try:
+        app = root / "Program Files/app.exe"
+        link = root / "Windows/System32/app-hardlink.exe"
+        assert app.stat().st_ino == link.stat().st_ino and app.stat().st_nlink == 2
+        parent = driver.home / "L0" / "Files" / "Program Files/app.exe"
+        assert app.stat().st_ino != parent.stat().st_ino  # a copy, not the parent's file
+        app.write_bytes(b"changed through one name")
+        assert link.read_bytes() == b"changed through one name"
+        assert parent.read_bytes() != b"changed through one name"
+    finally:
+        driver.put("box")

@@ -12,6 +12,8 @@ import io
 import json
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -221,9 +223,18 @@ def test_get_put_count_and_unmount_at_zero(home: Path) -> None:
 
 
 def test_a_crashed_holders_view_is_unmounted_by_cleanup_and_remove(home: Path) -> None:
-    crashed = open_driver(home, "overlay")
-    crashed.get("L2")
-    crashed.get("C1")  # never put: its process "died"
+    script = (
+        "import os, sys\n"
+        "from lamina import drivers\n"
+        "opts = {'windowsfilter.view': 'overlay'}\n"
+        f"d = drivers.new_driver('windowsfilter', {str(home)!r}, opts)\n"
+        "d.get('L2')\n"
+        "d.get('C1')\n"
+        "os.kill(os.getpid(), 9)  # never put: its process dies\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    crashed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True)
+    assert crashed.returncode == -9, crashed.stderr
     assert len(mounts_below(home)) == 2
     # a plan half built when its process died
     half_built = home / "windowsfilter/L1/.lamina/overlay.new.999999999.0123456789ab"

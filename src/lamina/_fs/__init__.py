@@ -22,11 +22,22 @@ if TYPE_CHECKING:
         sync_filesystem,
         write_file_atomic,
     )
+    from lamina._fs._child import die_with_parent, run_tool
     from lamina._fs._copy import CopyStats, copy_tree
     from lamina._fs._lockfile import file_lock, publish_file
+    from lamina._fs._loopimage import (
+        create_image,
+        grow_image,
+        grow_mounted_image,
+        image_is_mounted,
+        loop_supported,
+        mount_image,
+        unmount_image,
+    )
     from lamina._fs._mount import (
         MNT_DETACH,
         MountInfo,
+        fs_type,
         is_mountpoint,
         mount_spec,
         mountinfo,
@@ -48,16 +59,7 @@ if TYPE_CHECKING:
         statfs_magic,
         supports_d_type,
     )
-    from lamina._fs._quota import (
-        ProjectQuota,
-        QuotaUsage,
-        create_image,
-        grow_image,
-        grow_mounted_image,
-        image_is_mounted,
-        mount_image,
-        unmount_image,
-    )
+    from lamina._fs._quota import ProjectQuota, QuotaUsage
     from lamina._fs._refstore import DETACHED, RefStore, SharedMounter
 
 __all__ = [
@@ -65,6 +67,7 @@ __all__ = [
     "Mount",
     "Mounter",
     "copy_tree",
+    "die_with_parent",
     "exchange_dirs",
     "file_lock",
     "grow_image",
@@ -93,8 +96,10 @@ __all__ += [  # mounts, kernel probes, quotas, shared mount counts (overlay driv
     "create_image",
     "fs_identity",
     "fs_name",
+    "fs_type",
     "image_is_mounted",
     "is_mountpoint",
+    "loop_supported",
     "mount_image",
     "mount_spec",
     "mountinfo",
@@ -103,6 +108,7 @@ __all__ += [  # mounts, kernel probes, quotas, shared mount counts (overlay driv
     "overlay_max_lowers",
     "probe_native_diff",
     "probe_overlay_mount",
+    "run_tool",
     "statfs_magic",
     "supports_d_type",
     "umount",
@@ -121,12 +127,15 @@ _LAZY = {
     "staging_name": "lamina._fs._atomic",
     "sync_filesystem": "lamina._fs._atomic",
     "write_file_atomic": "lamina._fs._atomic",
+    "die_with_parent": "lamina._fs._child",
+    "run_tool": "lamina._fs._child",
     "CopyStats": "lamina._fs._copy",
     "copy_tree": "lamina._fs._copy",
     "file_lock": "lamina._fs._lockfile",
     "publish_file": "lamina._fs._lockfile",
     "MNT_DETACH": "lamina._fs._mount",
     "MountInfo": "lamina._fs._mount",
+    "fs_type": "lamina._fs._mount",
     "is_mountpoint": "lamina._fs._mount",
     "mount_spec": "lamina._fs._mount",
     "mountinfo": "lamina._fs._mount",
@@ -148,12 +157,13 @@ _LAZY = {
     "supports_d_type": "lamina._fs._probe",
     "ProjectQuota": "lamina._fs._quota",
     "QuotaUsage": "lamina._fs._quota",
-    "create_image": "lamina._fs._quota",
-    "grow_image": "lamina._fs._quota",
-    "grow_mounted_image": "lamina._fs._quota",
-    "image_is_mounted": "lamina._fs._quota",
-    "mount_image": "lamina._fs._quota",
-    "unmount_image": "lamina._fs._quota",
+    "create_image": "lamina._fs._loopimage",
+    "grow_image": "lamina._fs._loopimage",
+    "grow_mounted_image": "lamina._fs._loopimage",
+    "image_is_mounted": "lamina._fs._loopimage",
+    "loop_supported": "lamina._fs._loopimage",
+    "mount_image": "lamina._fs._loopimage",
+    "unmount_image": "lamina._fs._loopimage",
     "DETACHED": "lamina._fs._refstore",
     "RefStore": "lamina._fs._refstore",
     "SharedMounter": "lamina._fs._refstore",

@@ -37,6 +37,7 @@ __all__ = [
     "MNT_DETACH",
     "MS_RDONLY",
     "MountInfo",
+    "fs_type",
     "is_mounted",
     "is_mountpoint",
     "mount",
@@ -440,6 +441,29 @@ def _parse_mountinfo(data: bytes) -> list[MountInfo]:
             )
         )
     return result
+
+
+def fs_type(path: str | os.PathLike[str], table: Iterable[MountInfo] | None = None) -> str:
+    """The filesystem type (mountinfo's name: ``ext4``, ``tmpfs``...) of the mount holding ``path``.
+
+    The deepest mount point at or above the resolved path wins, the last
+    mounted of equal ones (what the path resolves through); ``"unknown"``
+    when the table cannot be read.  Mount points come from
+    :func:`mountinfo`, which decodes its octal escapes into the bytes the
+    kernel has, so a non-ASCII or space-holding mount point matches.
+    """
+    target = os.path.realpath(path)
+    try:
+        mounts = list(table) if table is not None else mountinfo()
+    except OSError:
+        return "unknown"
+    best, found = -1, "unknown"
+    for m in mounts:
+        point = m.mountpoint
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= best:
+            best, found = len(point), m.fstype
+    return found
 
 
 def is_mountpoint(path: str | os.PathLike[str], table: Iterable[MountInfo] | None = None) -> bool:

@@ -4,7 +4,10 @@
   directory, confined beneath it, applying OCI whiteouts;
 * :func:`changes` compares two trees the way ``docker diff`` reports them;
 * :func:`export_changes` / :func:`export_tree` write deterministic PAX tars;
-* :func:`decompress` sniffs and streams gzip or zstd.
+* :func:`decompress` sniffs and streams gzip or zstd;
+* :func:`open_beneath` and :class:`TreeReader` open paths beneath a layer
+  root without following symlinks, and bodies only while they are still the
+  regular file listed (drivers' file getters and exporters use them).
 
 Names load on first use (PEP 562), so a process that only applies a layer
 never imports the exporter or the tree comparison, and the other way round.
@@ -23,7 +26,7 @@ if TYPE_CHECKING:
     from lamina.archive._export import export_changes, export_tree
     from lamina.archive._idmap import IDMap, IDRange
     from lamina.archive._overlay_changes import overlay_changes, upper_size
-    from lamina.archive._paths import clean_entry_name, open_beneath
+    from lamina.archive._paths import TreeReader, clean_entry_name, open_beneath
     from lamina.archive._tarsplit import TarSplitChecksum, join_tar, split_tar
     from lamina.archive._whiteout import (
         OPAQUE_MARKER,
@@ -31,7 +34,7 @@ if TYPE_CHECKING:
         WHITEOUT_PREFIX,
         WhiteoutFormat,
     )
-    from lamina.archive._wintar_reader import RawHeader, RawTarReader
+    from lamina.archive.windows import RawHeader, RawTarReader
 
 __all__ = [
     "OPAQUE_MARKER",
@@ -46,6 +49,7 @@ __all__ = [
     "RawHeader",
     "RawTarReader",
     "TarSplitChecksum",
+    "TreeReader",
     "WhiteoutFormat",
     "apply_layer",
     "changes",
@@ -84,8 +88,9 @@ _LAZY = {
     "TarSplitChecksum": "lamina.archive._tarsplit",
     "join_tar": "lamina.archive._tarsplit",
     "split_tar": "lamina.archive._tarsplit",
-    "RawHeader": "lamina.archive._wintar_reader",
-    "RawTarReader": "lamina.archive._wintar_reader",
+    "RawHeader": "lamina.archive.windows",
+    "RawTarReader": "lamina.archive.windows",
+    "TreeReader": "lamina.archive._paths",
     "OPAQUE_MARKER": "lamina.archive._whiteout",
     "OVERLAY_OPAQUE_XATTR": "lamina.archive._whiteout",
     "WHITEOUT_PREFIX": "lamina.archive._whiteout",

@@ -5,11 +5,26 @@ whole seconds, no atime/ctime, empty uname/gname, mode = permission bits
 plus setuid/setgid/sticky, directories named with a trailing ``/``, a
 second link to an inode (``nlink > 1``, keyed by device and inode) written
 as a hard link to the first name seen with size 0, symlinks with their
-target, devices with major/minor, fifos; sockets are skipped.  Entries
-that vanish or change type while we read them are skipped (logged), as
-Docker does: a container may be running while its layer is exported.  A
-regular file that changes size while being read is padded with zeros or cut
-to the size in its header, so the stream is always a valid tar.
+target, devices with major/minor, fifos; sockets are skipped.
+
+A layer being exported may belong to a running container.  Every directory
+and body is opened beneath the root with ``_paths``' one rule (relative to
+its parent's descriptor, no symlink followed), and a body is read only
+after ``fstat`` of the opened descriptor shows the regular file that was
+listed (same device and inode); its header is made from that ``fstat``.
+What the container may do meanwhile, and what the export does:
+
+* an entry removed (``ENOENT``): skipped (logged), as Docker does;
+* a listed file replaced by a symlink, a device node, a FIFO, a socket,
+  a directory or another file, or a listed directory replaced by anything
+  that is not it: :class:`~lamina.errors.LayerChangedError` naming the
+  path, before anything of what was swapped in is read;
+* a file that shrinks or grows while its body is read:
+  :class:`~lamina.errors.LayerChangedError`.  Its header, with the size,
+  is already out, so the tar cannot hold the file as it now is; padding
+  with zeros or cutting it (what this module did before) would give a
+  valid tar holding a file that never existed, and nothing would tell the
+  caller.  The stream ends with the error instead; export again.
 
 Deliberate differences from Docker, for fidelity and reproducibility:
 
@@ -30,6 +45,7 @@ Deliberate differences from Docker, for fidelity and reproducibility:
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
@@ -38,8 +54,9 @@ from collections import deque
 from lamina._change import Change, ChangeKind
 from lamina.archive import _tarwriter as tw
 from lamina.archive._idmap import IDMap
+from lamina.archive._paths import DirPath, NotRegularError, open_dir_beneath, open_regular_at
 from lamina.archive._whiteout import OPAQUE_MARKER, WHITEOUT_PREFIX, WhiteoutFormat
-from lamina.errors import NotFoundError
+from lamina.errors import ArchiveError, LayerChangedError, NotFoundError
 
 # ``typing`` is for the checker only: importing it at run time (``re`` and more
 # behind it) adds milliseconds to every process that exports a layer.
@@ -58,8 +75,6 @@ def _debug(message: str, *args: object) -> None:
     logging.getLogger(__name__).debug(message, *args)
 
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _CHUNK = 1 << 20
 # Files up to this size are read in one go into the header's piece; bigger
 # ones are streamed straight into the reader's buffer.
@@ -73,8 +88,18 @@ _DROPPED = ("security.selinux",)
 
 _HAVE_PROC_FD = os.path.isdir("/proc/self/fd")
 
-# A piece of the stream: literal bytes, or (fd, size) of file content to copy.
-_Piece = bytes | tuple[int, int]
+# A piece of the stream: literal bytes, or (fd, size, path) of file content to copy.
+_Piece = bytes | tuple[int, int, str]
+# errnos of opening a directory that met something else at its name
+_NOT_A_DIR = (errno.ELOOP, errno.ENOTDIR)
+
+
+def _changed(rel: str, what: str, exc: OSError | None = None) -> LayerChangedError:
+    return LayerChangedError(
+        f"{rel}: {what} while the layer was exported",
+        path=rel,
+        errno=None if exc is None else exc.errno,
+    )
 
 
 class _TarStream(io.RawIOBase):
@@ -92,9 +117,11 @@ class _TarStream(io.RawIOBase):
         self._on_close: Callable[[], None] | None = on_close
         self._data: bytes | memoryview = b""
         self._fd = -1
+        self._path = ""  # the entry _fd belongs to
         self._left = 0  # bytes of file content still owed for _fd
         self._pad = 0
         self._done = False
+        self._error: Exception | None = None
 
     def readable(self) -> bool:
         return True
@@ -105,6 +132,17 @@ class _TarStream(io.RawIOBase):
             self._fd = -1
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        # An error is sticky: a caller that reads on after it must never be
+        # given the end-of-archive marker, which would make a cut tar look whole.
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._fill(buffer)
+        except Exception as exc:
+            self._error = exc
+            raise
+
+    def _fill(self, buffer: memoryview | bytearray) -> int:
         out = memoryview(buffer).cast("B")
         want = len(out)
         n = 0
@@ -128,7 +166,7 @@ class _TarStream(io.RawIOBase):
                 if isinstance(piece, bytes):
                     self._data = piece
                 else:
-                    self._fd, self._left = piece
+                    self._fd, self._left, self._path = piece
                     self._pad = self._left
             elif self._done:
                 break
@@ -141,19 +179,21 @@ class _TarStream(io.RawIOBase):
         return n
 
     def _copy_file(self, out: memoryview, n: int, want: int) -> int:
-        """Copy the current file's content into ``out[n:want]``; the count copied."""
+        """Copy the current file's content into ``out[n:want]``; the count copied.
+
+        A file that ends before its header's size, or goes on after it,
+        changed while it was read: :class:`LayerChangedError`.
+        """
         k = min(self._left, want - n)
-        got = 0
-        if self._fd >= 0:
-            try:
-                got = os.readv(self._fd, [out[n : n + k]])
-            except OSError as exc:
-                _debug("export: read error, padding with zeros: %s", exc)
-            if got == 0:  # shrank (or failed): the header promised more
-                self._finish_file()
+        try:
+            got = os.readv(self._fd, [out[n : n + k]])
+            more = b"" if got < self._left else os.read(self._fd, 1)
+        except OSError as exc:
+            raise ArchiveError(f"{self._path}: {exc.strerror}", errno=exc.errno) from exc
         if got == 0:
-            out[n : n + k] = bytes(k)
-            got = k
+            raise _changed(self._path, f"shrank below the {self._pad} bytes listed")
+        if more:
+            raise _changed(self._path, f"grew past the {self._pad} bytes listed")
         self._left -= got
         if not self._left:
             self._finish_file()
@@ -189,42 +229,6 @@ class _TarStream(io.RawIOBase):
 def _wrap(entries: Iterator[tuple[_Piece, ...]], root_fd: int) -> BinaryIO:
     raw = _TarStream(entries, lambda: os.close(root_fd))
     return io.BufferedReader(raw, _CHUNK)
-
-
-class _DirPath:
-    """Descriptors of the directories along the current path beneath a root.
-
-    Each component is opened relative to its parent with ``O_NOFOLLOW``, so
-    a symlink swapped in by a running container is never followed out of
-    the tree.  Consecutive entries share their parents, so sorted input
-    opens each directory once.
-    """
-
-    def __init__(self, root_fd: int) -> None:
-        self.root_fd = root_fd
-        self.parts: list[str] = []
-        self.fds: list[int] = []
-
-    def fd(self, parts: list[str]) -> int:
-        k = 0
-        limit = min(len(parts), len(self.parts))
-        while k < limit and parts[k] == self.parts[k]:
-            k += 1
-        while len(self.parts) > k:
-            self.parts.pop()
-            os.close(self.fds.pop())
-        while len(self.parts) < len(parts):
-            parent = self.fds[-1] if self.fds else self.root_fd
-            part = parts[len(self.parts)]
-            fd = os.open(part, _DIR_FLAGS, dir_fd=parent)
-            self.parts.append(part)
-            self.fds.append(fd)
-        return self.fds[-1] if self.fds else self.root_fd
-
-    def close(self) -> None:
-        while self.fds:
-            os.close(self.fds.pop())
-        self.parts.clear()
 
 
 def _convert_xattr(name: str, value: bytes) -> bytes:
@@ -268,20 +272,29 @@ def _read_xattrs(target: int | str) -> tuple[list[tuple[bytes, bytes]], bool]:
     return out, opaque
 
 
-def _read_small(fd: int, size: int) -> bytes:
-    """Exactly ``size`` bytes of a file: zero-padded if it shrank, cut if it grew."""
-    data = os.read(fd, size)
-    if len(data) < size:
-        parts = [data]
-        got = len(data)
-        while got < size:
-            more = os.read(fd, size - got)
-            if not more:
-                break
-            parts.append(more)
-            got += len(more)
-        data = b"".join(parts)
-        data += bytes(size - len(data))
+def _read_small(fd: int, size: int, rel: str) -> bytes:
+    """Exactly the ``size`` bytes of a file, or :class:`LayerChangedError` if it has more or fewer.
+
+    One read of ``size + 1`` bytes tells a file that grew from one that did
+    not, at no extra system call.
+    """
+    try:
+        data = os.read(fd, size + 1)
+        if len(data) < size:
+            parts = [data]
+            got = len(data)
+            while got < size:
+                more = os.read(fd, size + 1 - got)
+                if not more:
+                    break
+                parts.append(more)
+                got += len(more)
+            data = b"".join(parts)
+    except OSError as exc:
+        raise ArchiveError(f"{rel}: {exc.strerror}", errno=exc.errno) from exc
+    if len(data) != size:
+        how = "grew past" if len(data) > size else "shrank below"
+        raise _changed(rel, f"{how} the {size} bytes listed")
     return data
 
 
@@ -371,11 +384,16 @@ class _Members:
 
         if fmt == stat.S_IFREG:
             try:
-                fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+                fd, st = open_regular_at(dir_fd, name, st)
+            except NotRegularError as exc:
+                raise _changed(rel, "was replaced by something else", exc) from None
             except OSError as exc:
                 _debug("export: skipping %s: %s", rel, exc)
                 return ()
             try:
+                # the header describes the inode opened, which may have been
+                # written to since it was listed
+                uid, gid = self._owner(st, name)
                 try:
                     has_xattrs = bool(os.listxattr(fd))
                 except OSError:
@@ -385,20 +403,15 @@ class _Members:
                 header = tw.encode_header(
                     arcname,
                     tw.REGTYPE,
-                    mode=perm,
+                    mode=st.st_mode & 0o7777,
                     uid=uid,
                     gid=gid,
-                    mtime=mtime,
+                    mtime=st.st_mtime_ns // _NS,
                     size=size,
                     xattrs=xattrs,
                 )
                 if size <= _INLINE_MAX:
-                    try:
-                        data = _read_small(fd, size)
-                    except OSError as exc:
-                        _debug("export: read error in %s, zero-filled: %s", rel, exc)
-                        data = bytes(size)
-                    piece: _Piece = header + data + tw.padding(size)
+                    piece: _Piece = header + _read_small(fd, size, rel) + tw.padding(size)
                 else:
                     piece = header
             except BaseException:
@@ -409,7 +422,7 @@ class _Members:
             if size <= _INLINE_MAX:
                 os.close(fd)
                 return (piece,)
-            return (piece, (fd, size))  # the stream owns fd from here
+            return (piece, (fd, size, rel))  # the stream owns fd from here
 
         linkname = b""
         devmajor = devminor = 0
@@ -470,7 +483,7 @@ def _changes_pieces(
     root: str, root_fd: int, changes: list[Change], id_map: IDMap | None
 ) -> Iterator[tuple[_Piece, ...]]:
     members = _Members(root, id_map, WhiteoutFormat.OCI)
-    dirs = _DirPath(root_fd)
+    dirs = DirPath(root_fd)
     try:
         for change in changes:
             parts = [p for p in change.path.split("/") if p]
@@ -488,6 +501,8 @@ def _changes_pieces(
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                 self_fd = dirs.fd(parts) if stat.S_ISDIR(st.st_mode) else None
             except OSError as exc:
+                if exc.errno in _NOT_A_DIR:  # the changes were found with directories there
+                    raise _changed(rel, "has a directory replaced by something else", exc) from None
                 _debug("export: skipping %s: %s", change.path, exc)
                 continue
             pieces = members.entry(dir_fd, name, rel, st, self_fd)
@@ -534,8 +549,10 @@ def _tree_pieces(
                     yield pieces
                 continue
             try:
-                child_fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                child_fd = open_dir_beneath(fd, name)
             except OSError as exc:
+                if exc.errno in _NOT_A_DIR:
+                    raise _changed(rel, "was listed as a directory and replaced", exc) from None
                 _debug("export: skipping %s: %s", rel, exc)
                 continue
             try:

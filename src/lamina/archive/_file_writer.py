@@ -36,7 +36,7 @@ import marshal
 import os
 import sys
 
-from lamina.archive import _openat2
+from lamina.archive._paths import open_dir_beneath
 
 __all__ = ["FileRecord", "FileWriter", "can_fork_writer"]
 
@@ -57,7 +57,6 @@ _F_SETPIPE_SZ = 1031
 _PR_SET_PDEATHSIG = 1
 _SIGKILL = 9  # Linux's number (helpers exist on Linux only); ``signal`` costs an import
 _FILE_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_CACHED_DIRS = 512
 _BARRIER = b"\0\0\0\0"  # a message of length zero
 
@@ -260,7 +259,7 @@ def _ignore_interrupts() -> None:
 
 
 def _die_with_parent(parent: int) -> None:
-    import ctypes  # loaded by _openat2 already
+    import ctypes  # loaded by _openat2 already (the applier imports it)
 
     prctl = getattr(ctypes.CDLL(None), "prctl", None)
     if prctl is not None:  # else it ends when its input pipe closes
@@ -351,36 +350,6 @@ class _Helper:
             above = dirs.get(parent[:cut])
             if above is not None:  # the usual case: a new directory below the last one
                 base, rest = above, parent[cut + 1 :]
-        if "/" not in rest:
-            fd = os.open(rest, _DIR_OPEN, dir_fd=base)
-        else:
-            fd = self._open_beneath(base, rest)
+        fd = open_dir_beneath(base, rest, use_openat2=self.use_openat2)
         dirs[parent] = fd
-        return fd
-
-    def _open_beneath(self, base: int, rest: str) -> int:
-        if self.use_openat2:
-            try:
-                return _openat2.open_dir_beneath(base, rest)
-            except OSError as exc:
-                if exc.errno in (errno.ENOSYS, errno.EPERM):
-                    self.use_openat2 = False
-                elif exc.errno not in (errno.EAGAIN, errno.ENAMETOOLONG):
-                    raise
-                # a racing rename, or a path over PATH_MAX: one component at a time
-        return self._walk(base, rest)
-
-    @staticmethod
-    def _walk(base: int, rest: str) -> int:
-        fd = base
-        try:
-            for name in rest.split("/"):
-                nfd = os.open(name, _DIR_OPEN, dir_fd=fd)
-                if fd != base:
-                    os.close(fd)
-                fd = nfd
-        except BaseException:
-            if fd != base:
-                os.close(fd)
-            raise
         return fd

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-from lamina.archive._wintar_reader import RawTarReader
+from lamina.archive.windows import RawTarReader
 from lamina.errors import InvalidArchiveError, StateError
 
 __all__ = [

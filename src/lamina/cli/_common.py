@@ -86,6 +86,7 @@ _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (errors.ArchiveTooLargeError, EXIT_BAD_ARCHIVE),
     (errors.InvalidArchiveError, EXIT_BAD_ARCHIVE),
     (errors.UnsafeArchiveError, EXIT_BAD_ARCHIVE),
+    (errors.LayerChangedError, EXIT_IN_USE),  # a writer swapped files mid-export: retry
     (errors.ArchiveError, EXIT_BAD_ARCHIVE),
     (errors.AlreadyExistsError, EXIT_ALREADY_EXISTS),
     (errors.InUseError, EXIT_IN_USE),
@@ -108,7 +109,8 @@ Exit status:
   {EXIT_NOT_SUPPORTED}  not supported here: driver, kernel feature, storage option, chain depth
   {EXIT_BAD_ARCHIVE}  invalid or unsafe layer archive
   {EXIT_ALREADY_EXISTS}  the layer already exists
-  {EXIT_IN_USE}  the layer is in use (mounted, has children, or unmounted too often)
+  {EXIT_IN_USE}  the layer is in use (mounted, has children, unmounted too often, or
+     changed by a writer while it was exported)
   {EXIT_NO_RESOURCES}  out of resources: disk full, size limit, process or open-file limit
   {EXIT_BAD_STATE}  the store's state is inconsistent: run `lamina layer cleanup`
   {EXIT_INTEGRITY}  bytes do not match their digest (a blob, manifest or stored layer)

@@ -14,30 +14,21 @@ from __future__ import annotations
 
 import base64
 import json
-import posixpath
 import sys
 from typing import BinaryIO
 
 import click
 
 from lamina import archive
-from lamina.archive._sddl import from_sddl, to_sddl
-from lamina.archive._wintar import (
-    C_ISDIR,
-    C_ISLNK,
-    C_ISREG,
-    FILE_ATTRIBUTE_ARCHIVE,
-    FILE_ATTRIBUTE_DIRECTORY,
-    FILE_ATTRIBUTE_REPARSE_POINT,
-    PAX_RAWSD,
-    GoTarWriter,
+from lamina.archive.windows import (
+    DEFAULT_SDDL,
+    RawTarReader,
     WinEntry,
-    basic_info_header,
     classify,
-    whiteout_header,
+    convert_linux_layer,
+    to_sddl,
 )
-from lamina.archive._wintar_reader import RawTarReader
-from lamina.errors import InvalidArgumentError, LaminaError, UnsafeArchiveError
+from lamina.errors import LaminaError
 
 __all__ = ["attribute_letters", "convert_linux_layer", "windows"]
 
@@ -56,7 +47,6 @@ _ATTRIBUTE_LETTERS = [
     (0x2000, "I"),
     (0x4000, "E"),
 ]
-DEFAULT_SDDL = "O:BUG:BU"
 
 
 def attribute_letters(attributes: int) -> str:
@@ -134,95 +124,6 @@ def ls_command(layer: str, as_json: bool) -> None:
 
 def entry_size(info: dict[str, object]) -> str:
     return str(info["size"])
-
-
-def _windows_target(target: str) -> str:
-    return ("C:" if target.startswith("/") else "") + target.replace("/", "\\")
-
-
-def convert_linux_layer(src: BinaryIO, out: BinaryIO, *, sddl: str = DEFAULT_SDDL) -> list[str]:
-    """Write the Windows form of a Linux layer tar; returns warnings (skipped entries)."""
-    rawsd = base64.b64encode(from_sddl(sddl)).decode()
-    warnings: list[str] = []
-    w = GoTarWriter(out)
-    reader = RawTarReader(src)
-    first = True
-    while (hdr := reader.next()) is not None:
-        if first:
-            for top in ("Files", "Hives"):
-                w.write_header(
-                    basic_info_header(
-                        top,
-                        0,
-                        attributes=FILE_ATTRIBUTE_DIRECTORY,
-                        creation=0,
-                        last_write=0,
-                        last_access=0,
-                        change=0,
-                    )
-                )
-            first = False
-        rel = archive.clean_entry_name(hdr.name)
-        if rel is None:
-            raise UnsafeArchiveError(f"unsafe entry name {hdr.name!r}")
-        if rel == "" or hdr.typeflag in ("g", "x"):
-            reader.skip()
-            continue
-        base = posixpath.basename(rel)
-        if any(c in base for c in '<>:"|?*\\') or any(ord(c) < 32 for c in base):
-            warnings.append(f"{rel}: name cannot exist on Windows, skipped")
-            reader.skip()
-            continue
-        name = "Files/" + rel
-        if base.startswith(".wh."):
-            reader.skip()
-            if base == ".wh..wh..opq":
-                warnings.append(
-                    f"{rel}: opaque directories do not exist in Windows layers, dropped"
-                )
-                continue
-            head = posixpath.dirname(name)
-            w.write_header(whiteout_header(posixpath.join(head, base[4:])))
-            continue
-        t = hdr.mtime * 1_000_000_000
-        pax = hdr.pax_map
-        if "mtime" in pax:
-            from lamina.archive._wintar_reader import parse_pax_time
-
-            t = parse_pax_time(pax["mtime"])
-        kind = hdr.typeflag
-        if kind in ("3", "4", "6"):
-            warnings.append(f"{rel}: device or FIFO cannot exist on Windows, skipped")
-            continue
-        attrs = {"5": FILE_ATTRIBUTE_DIRECTORY, "2": FILE_ATTRIBUTE_REPARSE_POINT}.get(
-            kind, FILE_ATTRIBUTE_ARCHIVE
-        )
-        size = hdr.data_size if kind == "0" else 0
-        out_hdr = basic_info_header(
-            name, size, attributes=attrs, creation=t, last_write=t, last_access=t, change=t
-        )
-        out_hdr.pax_records[PAX_RAWSD] = rawsd
-        if kind == "0" and size:
-            out_hdr.mode |= C_ISREG
-        elif kind == "5":
-            out_hdr.mode = C_ISDIR
-        elif kind == "2":
-            out_hdr.typeflag, out_hdr.mode = "2", C_ISLNK
-            out_hdr.linkname = _windows_target(hdr.linkname)
-        elif kind == "1":
-            target = archive.clean_entry_name(hdr.linkname)
-            if not target:
-                raise UnsafeArchiveError(f"unsafe hard link target {hdr.linkname!r}")
-            out_hdr.typeflag, out_hdr.mode = "1", 0o644
-            out_hdr.linkname = "Files/" + target
-            del out_hdr.pax_records[PAX_RAWSD]
-        w.write_header(out_hdr)
-        while chunk := reader.read(1 << 20):
-            w.write(chunk)
-    if first:
-        raise InvalidArgumentError("the input layer is empty")
-    w.close()
-    return warnings
 
 
 @windows.command("convert")

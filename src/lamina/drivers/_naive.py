@@ -99,15 +99,24 @@ class PathFileGetter:
         self._closed = False
 
     def get(self, name: str) -> BinaryIO:
+        """The regular file at ``name``, reached beneath the view without following symlinks.
+
+        A name the container has turned into a symlink, a device, a FIFO or
+        a directory (or that has one on the way) is not served.
+        """
         rel = archive.clean_entry_name(name)
         if rel is None:
             raise InvalidArgumentError(f"invalid entry name {name!r}")
         try:
             return archive.open_beneath(self._root, rel)
-        except FileNotFoundError as exc:
-            raise NotFoundError(f"{name}: not in layer {self._id}") from exc
+        except NotFoundError as exc:
+            raise NotFoundError(
+                f"{name}: not a regular file in layer {self._id}", errno=exc.errno
+            ) from exc
         except OSError as exc:
-            raise NotFoundError(f"{name}: not a regular file in layer {self._id}") from exc
+            raise NotFoundError(
+                f"{name}: cannot open in layer {self._id}", errno=exc.errno
+            ) from exc
 
     def close(self) -> None:
         if not self._closed:

@@ -101,21 +101,10 @@ def copy_tree(
 
 
 def _backing_filesystem(path: Path) -> str:
-    """Filesystem type of the mount holding ``path``, from /proc/self/mountinfo."""
-    try:
-        target = os.path.realpath(path)
-        best, fstype = "", "unknown"
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                fields = line.split()
-                sep = fields.index("-")
-                mount_point = fields[4].encode().decode("unicode_escape")
-                inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
-                if inside and len(mount_point) >= len(best):
-                    best, fstype = mount_point, fields[sep + 1]
-        return fstype
-    except (OSError, ValueError, IndexError):
-        return "unknown"
+    """Filesystem type of the mount holding ``path`` (the one mountinfo reader, in ``_fs``)."""
+    from lamina._fs import fs_type  # the mount code loads only when ``status`` asks
+
+    return fs_type(path)
 
 
 class VfsDriver(Driver):

@@ -255,14 +255,13 @@ class _OverlayFileGetter:
         for directory in self._dirs:
             try:
                 return archive.open_beneath(directory, rel)
-            except FileNotFoundError:
+            except NotFoundError as exc:
+                if exc.errno != errno.ENOENT:
+                    # a non-directory or symlink on the way, or at the name a
+                    # whiteout (0:0 device) or anything not a regular file: it hides the lowers
+                    break
                 if _opaque_ancestor(directory, rel):
                     break
-                continue
-            except OSError as exc:
-                if exc.errno in (errno.ENOTDIR, errno.ENXIO, errno.ENODEV, errno.ELOOP):
-                    break  # a non-directory on the way, a whiteout (0:0 device), a symlink
-                raise
         raise NotFoundError(f"{name}: not in layer {self._id}")
 
     def close(self) -> None:

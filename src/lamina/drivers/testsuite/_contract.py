@@ -33,6 +33,7 @@ from lamina.drivers.testsuite._crash import Snapshot, snapshot
 from lamina.drivers.testsuite._graphtest import (
     DriverMaker,
     TestFunction,
+    TestTable,
     driver_session,
     mounts_under,
     require_root,
@@ -510,8 +511,8 @@ def make_contract_tests(
     apply (they stay in the report as skips).
     """
     prof = profile or PROFILES[name]
-    excluded = dict(exclude or {})
-    tests: dict[str, TestFunction] = {}
+    table = TestTable(name, exclude)
+    add = table.add
 
     def make(root: Path) -> Driver:
         if maker is not None:
@@ -519,18 +520,6 @@ def make_contract_tests(
         from lamina.drivers import new_driver
 
         return new_driver(name, root, options or {})
-
-    def add(test_name: str, body: Callable[[Path], None], doc: str | None) -> None:
-        reason = excluded.pop(test_name, None)
-
-        def test(tmp_path: Path) -> None:
-            if reason is not None:
-                raise skip(f"not for driver {name}: {reason}")
-            body(tmp_path)
-
-        test.__name__ = test.__qualname__ = test_name
-        test.__doc__ = doc
-        tests[test_name] = test
 
     def with_driver(check: Callable[[Driver, DriverProfile], None]) -> None:
         def body(tmp_path: Path) -> None:
@@ -570,6 +559,4 @@ def make_contract_tests(
         read_only,
         check_read_only_store_answers_queries.__doc__,
     )
-    if excluded:
-        raise ValueError(f"exclude names unknown tests: {sorted(excluded)}")
-    return tests
+    return table.finish()

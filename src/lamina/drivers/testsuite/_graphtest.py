@@ -746,6 +746,42 @@ STANDARD_BENCHMARKS: tuple[Benchmark, ...] = (
 TestFunction = Callable[[Path], None]
 
 
+class TestTable:
+    """The test functions a suite generates for one driver, with its exclusions.
+
+    An excluded test stays in the table and skips with its reason, so a
+    report shows what does not apply to the driver and why; an exclusion that
+    names no test is an error (a renamed test must not silently run again).
+    """
+
+    __test__ = False  # not a pytest test class, despite its name
+
+    def __init__(self, driver_name: str, exclude: Mapping[str, str] | None) -> None:
+        self.driver_name = driver_name
+        self.excluded = dict(exclude or {})
+        self.tests: dict[str, TestFunction] = {}
+
+    def add(self, test_name: str, body: Callable[[Path], None], doc: str | None) -> None:
+        """Add ``body`` as the pytest test ``test_name``."""
+        reason = self.excluded.pop(test_name, None)
+        driver_name = self.driver_name
+
+        def test(tmp_path: Path) -> None:
+            if reason is not None:
+                raise skip(f"not for driver {driver_name}: {reason}")
+            body(tmp_path)
+
+        test.__name__ = test.__qualname__ = test_name
+        test.__doc__ = doc
+        self.tests[test_name] = test
+
+    def finish(self) -> dict[str, TestFunction]:
+        """The tests, for ``globals().update(...)``."""
+        if self.excluded:
+            raise ValueError(f"exclude names unknown tests: {sorted(self.excluded)}")
+        return self.tests
+
+
 def _deep_layer_read_n(count: int, driver: Driver) -> None:
     run_deep_layer_read(driver, count)
 
@@ -778,24 +814,11 @@ def make_conformance_tests(
     not supported.  ``exclude`` maps test names to the reason they do not
     apply to this driver; those tests stay in the report as skips.
     """
-    excluded = dict(exclude or {})
+    table = TestTable(name, exclude)
+    add = table.add
 
     def session(tmp_path: Path) -> contextlib.AbstractContextManager[Driver]:
         return driver_session(name, tmp_path / "root", options, maker)
-
-    tests: dict[str, TestFunction] = {}
-
-    def add(test_name: str, body: Callable[[Path], None], doc: str | None) -> None:
-        reason = excluded.pop(test_name, None)
-
-        def test(tmp_path: Path) -> None:
-            if reason is not None:
-                raise skip(f"not for driver {name}: {reason}")
-            body(tmp_path)
-
-        test.__name__ = test.__qualname__ = test_name
-        test.__doc__ = doc
-        tests[test_name] = test
 
     def with_driver(run: Callable[[Driver], Any]) -> Callable[[Path], None]:
         def body(tmp_path: Path) -> None:
@@ -848,6 +871,4 @@ def make_conformance_tests(
                     raise AssertionError(f"{bench.name}: {len(result.seconds)} timings for 1 run")
 
         add("test_benchmarks_smoke", smoke, "Every benchmark runs once at a tiny size.")
-    if excluded:
-        raise ValueError(f"exclude names unknown tests: {sorted(excluded)}")
-    return tests
+    return table.finish()

@@ -4,7 +4,6 @@ from lamina.drivers.windowsfilter._driver import (
     DEFAULT_SANDBOX_SIZE,
     UNSUPPORTED_FILESYSTEMS,
     WindowsFilterDriver,
-    parse_size,
 )
 
-__all__ = ["DEFAULT_SANDBOX_SIZE", "UNSUPPORTED_FILESYSTEMS", "WindowsFilterDriver", "parse_size"]
+__all__ = ["DEFAULT_SANDBOX_SIZE", "UNSUPPORTED_FILESYSTEMS", "WindowsFilterDriver"]

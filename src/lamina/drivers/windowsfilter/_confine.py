@@ -28,15 +28,15 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import signal
 from typing import Any
+
+from lamina._fs import die_with_parent
 
 __all__ = ["PARENT_PID_ENV", "confine", "die_with_parent", "drop_capabilities"]
 
 #: The driver's pid, handed to the helper so it can tell whether it was orphaned early.
 PARENT_PID_ENV = "LAMINA_WINDOWSFILTER_PARENT_PID"
 
-_PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
 _PR_SET_NO_NEW_PRIVS = 38
 _CLONE_NEWNS = 0x00020000
@@ -61,14 +61,6 @@ class _CapData(ctypes.Structure):
 def _fail(what: str) -> OSError:
     err = ctypes.get_errno()
     return OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def die_with_parent(parent_pid: int | None) -> None:
-    """SIGKILL this process when its parent ends; exit now if it already has."""
-    if _libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
-        raise _fail("prctl(PR_SET_PDEATHSIG)")
-    if parent_pid is not None and os.getppid() != parent_pid:
-        os._exit(3)  # orphaned before the request: the parent will not read our answer
 
 
 def drop_capabilities() -> None:

@@ -47,7 +47,6 @@ import gzip
 import io
 import json
 import os
-import re
 import stat
 import subprocess
 import sys
@@ -61,19 +60,31 @@ import lamina
 from lamina import archive
 from lamina._change import Change, ChangeKind
 from lamina._fs import (
+    DETACHED,
     Mount,
     Mounter,
-    _sandbox,
+    RefStore,
+    SharedMounter,
+    create_image,
     exchange_dirs,
+    fs_type,
+    grow_image,
+    loop_supported,
     made_by_other_live_process,
     make_staging_dir,
+    mount_image,
     mount_spec,
+    mounts_below,
     remove_tree,
     rename_noreplace,
+    retire_dir,
     unmount_below,
+    unmount_image,
+    write_file_atomic,
 )
+from lamina._units import ram_in_bytes
 from lamina.archive._tarsplit import assemble, read_records
-from lamina.archive._wintar import MUTATED_FILES
+from lamina.archive.windows import MUTATED_FILES
 from lamina.drivers._base import Driver, FileGetter, StorageOpts, validate_id
 from lamina.drivers.windowsfilter import _layout
 from lamina.drivers.windowsfilter._confine import PARENT_PID_ENV
@@ -111,7 +122,7 @@ from lamina.errors import (
     UnsafeArchiveError,
 )
 
-__all__ = ["DEFAULT_SANDBOX_SIZE", "WindowsFilterDriver", "parse_size"]
+__all__ = ["DEFAULT_SANDBOX_SIZE", "WindowsFilterDriver"]
 
 #: The seed's default sandbox size, 127 GB in Docker's (binary) units.
 DEFAULT_SANDBOX_SIZE = 127 * 1024**3
@@ -122,6 +133,11 @@ _VIEW_MODES = ("auto", "overlay", "materialise")
 _STAGING = ".lamina-staging"
 _MATERIALISED = "windowsfilter-view"
 _REMOVING = "-removing"
+#: In ``.lamina/`` of a folder being removed: the name it is renamed to.
+_REMOVAL_RECORD = "removing"
+_RUN = ".run"
+#: A sandbox kept in a plain directory: nothing to mount, but its holds are counted.
+_SANDBOX_DIR_VIEW = "windowsfilter-sandbox-dir"
 #: Filesystems that cannot hold layer folders: they fold case (two Windows
 #: names differing in case are one file, but Linux tools see both), cannot
 #: hard-link (cross-layer links, views) or are read-only.
@@ -143,8 +159,6 @@ UNSUPPORTED_FILESYSTEMS = frozenset(
         "hfsplus",
     }
 )
-_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)*) ?([kKmMgGtTpP])?[iI]?[bB]?$")
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 _ERRORS: dict[str, type[LaminaError]] = {
     cls.__name__: cls
     for cls in (
@@ -158,32 +172,6 @@ _ERRORS: dict[str, type[LaminaError]] = {
         ArchiveTooLargeError,
     )
 }
-
-
-def parse_size(value: str) -> int:
-    """Docker's ``units.RAMInBytes``: ``50M`` is 50 MiB."""
-    m = _SIZE_RE.match(value.strip())
-    if not m:
-        raise InvalidArgumentError(f"invalid size: {value!r}")
-    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
-
-
-def _filesystem_type(path: Path) -> str:
-    target = os.path.realpath(path)
-    best, fstype = "", "unknown"
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                fields = line.split()
-                sep = fields.index("-")
-                point = fields[4].encode().decode("unicode_escape")
-                if (target == point or target.startswith(point.rstrip("/") + "/")) and len(
-                    point
-                ) >= len(best):
-                    best, fstype = point, fields[sep + 1]
-    except (OSError, ValueError, IndexError):
-        return "unknown"
-    return fstype
 
 
 class _Getter:
@@ -248,7 +236,7 @@ class WindowsFilterDriver(Driver):
         probe = home
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
-        self.backing_fs = _filesystem_type(probe)
+        self.backing_fs = fs_type(probe)
         if self.backing_fs in UNSUPPORTED_FILESYSTEMS:
             raise IncompatibleFilesystemError(
                 f"{home} is on a {self.backing_fs} filesystem - "
@@ -267,7 +255,34 @@ class WindowsFilterDriver(Driver):
         self._in_flight: set[str] = set()
 
     def _make_mounter(self) -> Mounter:
-        return Mounter(self._do_mount, self._do_unmount)
+        # Holds are counted across processes in one RefStore (as the overlay
+        # driver counts them): a view another process reads is never
+        # unmounted or rebuilt by this one, and ``lamina mount`` holds
+        # (``_hold_store``) are counted in the same table.
+        self._store = RefStore(self.home / _RUN)
+        return _ViewMounter(self._store, self._do_mount, self._do_unmount)
+
+    def _hold_store(self) -> RefStore:
+        return self._store
+
+    def _view_target(self, rid: str) -> Path:
+        """Where the layer's view appears (what the hold store counts)."""
+        layer = self._dir(rid)
+        if _layout.read_meta(layer).kind == _layout.KIND_SANDBOX:
+            return layer / _layout.SANDBOX_DIR
+        return layer / _layout.LAMINA_DIR / _layout.VIEW
+
+    def _held_elsewhere(self, rid: str) -> bool:
+        """Whether any live process (this one included) holds a view of the layer.
+
+        Asks the hold store only: callers check this process's mounter first,
+        outside the store lock (the mounter's lock is always taken first).
+        """
+        try:
+            target = self._view_target(rid)
+        except LaminaError:  # no metadata: nothing can hold a view of it
+            return False
+        return bool(self._store.holders(str(target)))
 
     # -- paths and ids ---------------------------------------------------------
 
@@ -346,7 +361,7 @@ class WindowsFilterDriver(Driver):
                 raise
         except BaseException:
             if os.path.ismount(staging / _layout.SANDBOX_DIR):
-                _sandbox.unmount_image(staging / _layout.SANDBOX_DIR)
+                unmount_image(staging / _layout.SANDBOX_DIR)
             remove_tree(staging)
             raise
         finally:
@@ -370,11 +385,11 @@ class WindowsFilterDriver(Driver):
                 raise InvalidArgumentError(
                     f"storage option {key} is not supported by windowsfilter"
                 )
-            size = parse_size(value)
+            size = ram_in_bytes(value)
             explicit = True
         backing = "dir"
         if self.sandbox_mode == "loop" or (explicit and self.sandbox_mode == "auto"):
-            if not _sandbox.loop_supported():
+            if not loop_supported():
                 raise QuotaNotSupportedError(
                     "windowsfilter enforces a sandbox size with a loop-mounted image, which needs "
                     "root, /dev/loop-control and mkfs.ext4"
@@ -407,8 +422,8 @@ class WindowsFilterDriver(Driver):
         index = merge_chain(self._chain_layers(chain))
         if meta.sandbox_backing == "loop":
             image = staging / _layout.SANDBOX_IMAGE
-            _sandbox.make_image(image, meta.sandbox_size)
-            _sandbox.mount_image(image, box)
+            create_image(image, meta.sandbox_size)
+            mount_image(image, box)
         try:
             os.mkdir(box / "Files", 0o755)
             try:
@@ -422,7 +437,7 @@ class WindowsFilterDriver(Driver):
                 raise
         finally:
             if meta.sandbox_backing == "loop":
-                _sandbox.unmount_image(box)
+                unmount_image(box)
 
     def expand_sandbox_size(self, id: str, size: str | int) -> None:
         """Grow a sandbox to ``size`` (the seed's ``ExpandSandboxSize``); never shrinks."""
@@ -430,35 +445,81 @@ class WindowsFilterDriver(Driver):
         meta = self._meta(rid)
         if meta.kind != _layout.KIND_SANDBOX:
             raise InvalidArgumentError(f"layer {id} is not a read-write layer")
-        new = parse_size(size) if isinstance(size, str) else int(size)
+        new = ram_in_bytes(size) if isinstance(size, str) else int(size)
         if new <= meta.sandbox_size:
             return
         if meta.sandbox_backing == "loop":
             if self._mounter.count(rid):
                 raise InUseError(f"layer {id} is in use; put it before growing it")
-            _sandbox.grow_image(self._dir(rid) / _layout.SANDBOX_IMAGE, new)
+            box = self._dir(rid) / _layout.SANDBOX_DIR
+            with self._store.locked():  # no get may mount it while the tools work
+                if self._held_elsewhere(rid):
+                    raise InUseError(f"layer {id} is in use; put it before growing it")
+                try:
+                    # a dead holder's leaked mount: e2fsck and resize2fs need it unmounted
+                    unmount_image(box, lazy=False)
+                    grow_image(self._dir(rid) / _layout.SANDBOX_IMAGE, new)
+                except OSError as exc:
+                    raise StateError(
+                        f"cannot grow the sandbox of layer {id}: {exc.strerror or exc}",
+                        errno=exc.errno,
+                    ) from exc
         meta.sandbox_size = new
         _layout.write_meta(self._dir(rid), meta)
 
     def remove(self, id: str) -> None:
-        """Rename to ``<id>-removing``, then delete; a missing layer is fine."""
+        """Mark, rename aside, then delete; a missing layer is fine.
+
+        The folder is renamed to the seed's ``<id>-removing`` after a record
+        naming that target is written into its ``.lamina/`` (see
+        :func:`_is_removal`): ``cleanup`` finishes only removals it has a
+        record of, so a real layer whose id happens to end in ``-removing``
+        is never mistaken for one.  When that name is taken by such a layer
+        (or is longer than a file name may be), the folder goes into the
+        staging area instead, under a name recording this process.
+        """
         rid = self._resolve(id)
         if self._mounter.count(rid):
             raise InUseError(f"layer {id} is in use")
         layer = self._dir(rid)
-        tmp = self.home / f"{rid}{_REMOVING}"
-        if os.path.lexists(tmp):
-            self._destroy(tmp)
-        try:
-            os.rename(layer, tmp)
-        except FileNotFoundError:
-            return
-        self._destroy(tmp)
+        with self._store.locked():  # no other process's get can start in between
+            if self._held_elsewhere(rid):
+                raise InUseError(f"layer {id} is in use by another process")
+            if not os.path.isdir(layer) or os.path.islink(layer):
+                return
+            aside = self._removal_target(rid)
+            if aside is None:
+                gone = retire_dir(layer, self.home / _STAGING, rid)
+            else:
+                os.makedirs(layer / _layout.LAMINA_DIR, mode=0o700, exist_ok=True)
+                record = layer / _layout.LAMINA_DIR / _REMOVAL_RECORD
+                write_file_atomic(record, os.fsencode(aside.name), 0o600)
+                try:
+                    os.rename(layer, aside)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(record)
+                    raise
+                gone = aside
+        if gone is not None:
+            self._destroy(gone)
+
+    def _removal_target(self, rid: str) -> Path | None:
+        """``<id>-removing`` if that name is free for a removal, else None."""
+        name = f"{rid}{_REMOVING}"
+        if len(os.fsencode(name)) > 255:  # NAME_MAX
+            return None
+        aside = self.home / name
+        if os.path.lexists(aside):
+            if not _is_removal(aside):
+                return None  # a layer of that name: leave it alone
+            self._destroy(aside)  # an earlier removal's leftover
+        return aside
 
     def _destroy(self, folder: Path) -> None:
         box = folder / _layout.SANDBOX_DIR
         if os.path.ismount(box):
-            _sandbox.unmount_image(box)
+            unmount_image(box)
         _clear_view(folder / _layout.LAMINA_DIR / _layout.VIEW)
         remove_tree(folder)
 
@@ -490,7 +551,13 @@ class WindowsFilterDriver(Driver):
         return {"dir": str(self._dir(rid))}
 
     def cleanup(self) -> None:
-        """Release every view, then sweep ``-removing`` folders and stale imports."""
+        """Release this process's views and every detached one; sweep what crashes left.
+
+        Views are unmounted (or, materialised, deleted) only when no live
+        process holds them; a crashed holder's loop-mounted sandbox is
+        unmounted.  Removals are finished only where our own record says
+        so, and staging folders only where their maker is dead.
+        """
         super().cleanup()
         with self._lock:
             in_flight = set(self._in_flight)
@@ -498,13 +565,20 @@ class WindowsFilterDriver(Driver):
             names = os.listdir(self.home)
         except FileNotFoundError:
             return
-        for name in names:
-            path = self.home / name
-            if name.endswith(_REMOVING) and path.is_dir():
-                self._destroy(path)
-            elif path.is_dir() and name != _STAGING:
-                if (path / _layout.LAMINA_DIR / _layout.VIEW).exists():
-                    _clear_view(path / _layout.LAMINA_DIR / _layout.VIEW)
+        with self._store.locked() as table:
+            for holders in table.values():
+                holders.pop(DETACHED, None)
+            self._store.reconcile(self._view_mounts(), unmount=_unmount_view)
+            for name in names:
+                path = self.home / name
+                if name in (_STAGING, _RUN) or not path.is_dir() or path.is_symlink():
+                    continue
+                if _is_removal(path):
+                    self._destroy(path)
+                    continue
+                view = path / _layout.LAMINA_DIR / _layout.VIEW
+                if os.path.lexists(view) and not self._store.holders(str(view)):
+                    _clear_view(view)
                 sweep_plan_leftovers(path)
         staging = self.home / _STAGING
         try:
@@ -516,6 +590,19 @@ class WindowsFilterDriver(Driver):
                 continue
             self._destroy(staging / name)
 
+    def _view_mounts(self) -> list[str]:
+        """Kernel mounts of views and sandboxes under the home (held or not)."""
+        found = []
+        for m in mounts_below(self.home):
+            point = Path(m.mountpoint)
+            if (point.parent.parent == self.home and point.name == _layout.SANDBOX_DIR) or (
+                point.parent.parent.parent == self.home
+                and point.parent.name == _layout.LAMINA_DIR
+                and point.name == _layout.VIEW
+            ):
+                found.append(m.mountpoint)
+        return found
+
     # -- views -----------------------------------------------------------------
 
     def _mount_spec(self, id: str, mount_label: str) -> Mount:
@@ -525,7 +612,8 @@ class WindowsFilterDriver(Driver):
             box = layer / _layout.SANDBOX_DIR
             if meta.sandbox_backing == "loop":
                 return Mount("ext4", str(layer / _layout.SANDBOX_IMAGE), box, ("loop",))
-            return Mount("direct", str(box), box)
+            # not "direct": a plain sandbox's holds are counted across processes too
+            return Mount(_SANDBOX_DIR_VIEW, str(box), box)
         target = layer / _layout.LAMINA_DIR / _layout.VIEW
         materialised = Mount(_MATERIALISED, id, target)
         if self._overlay_off:
@@ -544,9 +632,17 @@ class WindowsFilterDriver(Driver):
         return spec if spec is not None else materialised
 
     def _do_mount(self, mount: Mount) -> None:
-        if mount.type == "ext4":
-            _sandbox.mount_image(mount.source, mount.target)
+        if mount.type == _SANDBOX_DIR_VIEW:
             return
+        if mount.type == "ext4":
+            mount_image(mount.source, mount.target)
+            return
+        if (
+            mount.type == _MATERIALISED
+            and os.path.isdir(mount.target)
+            and self._store.holders(str(mount.target))
+        ):
+            return  # materialised by a live holder (another process): share it
         _clear_view(mount.target)
         if mount.type == "overlay":
             os.mkdir(mount.target, 0o700)
@@ -575,9 +671,11 @@ class WindowsFilterDriver(Driver):
             raise
 
     def _do_unmount(self, mount: Mount) -> None:
+        if mount.type == _SANDBOX_DIR_VIEW:
+            return
         if mount.type == "ext4":
             if os.path.ismount(mount.target):
-                _sandbox.unmount_image(mount.target)
+                unmount_image(mount.target)
             return
         _clear_view(mount.target)
 
@@ -592,6 +690,17 @@ class WindowsFilterDriver(Driver):
     def put(self, id: str) -> None:
         """Release one ``get``."""
         super().put(self._resolve(id))
+
+    def mount(self, id: str, mount_label: str = "") -> Path:
+        """``get``'s path (a sandbox's ``Files`` tree), held until ``unmount``."""
+        path = super().mount(self._resolve(id), mount_label)
+        if path.name == _layout.SANDBOX_DIR:
+            return path / "Files"
+        return path
+
+    def unmount(self, id: str) -> None:
+        """Release one ``mount``, from any process."""
+        super().unmount(self._resolve(id))
 
     def _index_of(self, rid: str) -> dict[str, Node]:
         layer = self._dir(rid)
@@ -610,7 +719,20 @@ class WindowsFilterDriver(Driver):
     # -- diffs -----------------------------------------------------------------
 
     def apply_diff(self, id: str, parent: str | None, diff: BinaryIO) -> int:
-        """Import a Windows layer tar (plain, gzip or zstd); returns the seed's size."""
+        """Import a Windows layer tar (plain, gzip or zstd); returns the seed's size.
+
+        A system call that fails (a full disk, a quota) is an ArchiveError
+        carrying its errno, as from the other drivers; the layer is left as
+        it was.
+        """
+        try:
+            return self._apply_diff(id, parent, diff)
+        except LaminaError:
+            raise
+        except OSError as exc:
+            raise _apply_error(id, exc.errno, exc.strerror or str(exc), exc.filename) from exc
+
+    def _apply_diff(self, id: str, parent: str | None, diff: BinaryIO) -> int:
         validate_id(id)
         layer = self._dir(id)
         if layer.exists():
@@ -634,7 +756,7 @@ class WindowsFilterDriver(Driver):
             _layout.write_layer_chain(staging, chain)
             self._plan_overlay(staging, chain)
             if layer.exists():
-                if self._mounter.count(id):
+                if self._mounter.count(id) or self._held_elsewhere(id):
                     raise InUseError(f"layer {id} is in use")
                 exchange_dirs(staging, layer)
                 self._destroy(staging)
@@ -744,11 +866,15 @@ class WindowsFilterDriver(Driver):
             return int(result["size"])
         name = str(result.get("error"))
         message = str(result.get("message"))
+        code = result.get("errno")
+        code = code if isinstance(code, int) else None
         if name == "OSError":
-            code = result.get("errno")
-            raise OSError(code or errno.EIO, message)
+            # the helper's message is str() of its OSError: "[Errno n] text: 'path'"
+            raise _apply_error(staging.name.rsplit(".", 2)[0], code, message, None)
         cls = _ERRORS.get(name, StateError)
-        raise cls(message if name in _ERRORS else f"re-exec error: {message}: {err_text}")
+        if name in _ERRORS:
+            raise cls(message, errno=code)
+        raise cls(f"re-exec error: {message}: {err_text}", errno=code)
 
     def _views(
         self, id: str, parent: str | None
@@ -853,6 +979,49 @@ def _overlay_unavailable() -> str:
     except OSError as exc:
         return f"cannot read /proc/filesystems: {exc}"
     return ""
+
+
+def _apply_error(id: str, code: int | None, message: str, filename: object) -> ArchiveError:
+    """The typed error for a failed system call while importing layer ``id``."""
+    what = message
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        what = "no space left" if code == errno.ENOSPC else "disk quota exceeded"
+        what = f"{what} on the layer's filesystem ({message})"
+    elif filename is not None:
+        what = f"{message}: {filename}"
+    return ArchiveError(f"applying layer {id} failed: {what}", errno=code or errno.EIO)
+
+
+class _ViewMounter(SharedMounter):
+    """Holds counted across processes; a materialised view goes at the last one.
+
+    A materialised view is a directory, not a kernel mount, so the store
+    (which unmounts only what mountinfo lists) would leave it behind: it
+    is deleted here, under the store lock, when no live holder is left.
+    """
+
+    def _shared_unmount(self, spec: Mount) -> None:
+        with self.store.locked():
+            super()._shared_unmount(spec)
+            if spec.type == _MATERIALISED and not self.store.holders(str(spec.target)):
+                _clear_view(spec.target)
+
+
+def _is_removal(folder: Path) -> bool:
+    """Whether ``folder`` is a removal of ours: its record names the folder itself."""
+    try:
+        with open(folder / _layout.LAMINA_DIR / _REMOVAL_RECORD, "rb") as f:
+            return os.fsdecode(f.read(512)) == folder.name
+    except OSError:
+        return False
+
+
+def _unmount_view(target: str) -> None:
+    """Undo a view nobody alive holds: unmount a sandbox image, delete a view."""
+    if os.path.basename(target) == _layout.SANDBOX_DIR:
+        unmount_image(target)
+    else:
+        _clear_view(Path(target))
 
 
 def _clear_view(path: Path) -> None:

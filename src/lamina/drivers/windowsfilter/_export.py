@@ -9,6 +9,18 @@ entries (``Files`` first, each changed path in ``filepath.Walk`` order,
 deletions as bare whiteout headers right after their directory, alternate
 data streams after their file, ``Hives`` last), with the Windows metadata
 of the path kept from the layer it came from and defaults otherwise.
+
+A sandbox is a running container's tree.  Every path is read through
+:class:`lamina.archive.TreeReader` beneath its root (the sandbox's
+``Files``, or the image layer folder a path comes from): no symlink is
+followed on the way or at the end, a body is read only from a descriptor
+``fstat`` shows to be the regular file just stat'ed, and a body must have
+exactly the size in its header.  A path that changed kind since the view
+was listed (a file or directory turned into a symlink, say), a body
+replaced or resized while it is written, ends the tar with
+:class:`~lamina.errors.LayerChangedError`; a path that vanished is left
+out.  A device node or FIFO listed as a file has no body (size 0), as
+before, and is never opened.
 """
 
 from __future__ import annotations
@@ -22,8 +34,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from lamina import archive
 from lamina._change import Change, ChangeKind
-from lamina.archive._wintar import (
+from lamina.archive.windows import (
     C_ISLNK,
     C_ISREG,
     FILE_ATTRIBUTE_ARCHIVE,
@@ -41,6 +54,7 @@ from lamina.archive._wintar import (
     windows_link_target,
 )
 from lamina.drivers.windowsfilter._merge import ViewItem, stream_source, walk_order
+from lamina.errors import LayerChangedError, NotFoundError
 
 __all__ = ["DEFAULT_SECURITY_DESCRIPTOR", "PipeReader", "generate_diff"]
 
@@ -62,11 +76,16 @@ def _pax_of(entry: dict[str, Any] | None) -> dict[str, str]:
     return {str(k): str(v) for k, v in entry.get("pax", [])}
 
 
-def _header(path: str, item: ViewItem) -> GoHeader:
-    st = os.lstat(item.source)
+def _kind(st: os.stat_result) -> str:
+    mode = st.st_mode
+    return "dir" if stat.S_ISDIR(mode) else "symlink" if stat.S_ISLNK(mode) else "file"
+
+
+def _header(path: str, item: ViewItem, st: os.stat_result, target: str) -> GoHeader:
+    """The header of ``path`` from its ``lstat`` (and ``target`` when it is a symlink)."""
     entry = item.entry
     pax = _pax_of(entry)
-    kind = "dir" if stat.S_ISDIR(st.st_mode) else "symlink" if stat.S_ISLNK(st.st_mode) else "file"
+    kind = _kind(st)
     same_kind = entry is not None and (
         entry["kind"] == kind or {entry["kind"], kind} <= {"file", "link"}
     )
@@ -82,7 +101,7 @@ def _header(path: str, item: ViewItem) -> GoHeader:
         attributes |= FILE_ATTRIBUTE_DIRECTORY
     elif kind == "file":
         attributes &= ~FILE_ATTRIBUTE_DIRECTORY
-    size = st.st_size if kind == "file" else 0
+    size = st.st_size if kind == "file" and stat.S_ISREG(st.st_mode) else 0
     hdr = basic_info_header(
         "Files/" + path,
         size,
@@ -99,7 +118,6 @@ def _header(path: str, item: ViewItem) -> GoHeader:
     if kind == "file" and size:
         hdr.mode |= C_ISREG
     elif kind == "symlink":
-        target = os.readlink(item.source)
         hdr.typeflag = "2"
         hdr.mode |= C_ISLNK
         hdr.size = 0
@@ -117,18 +135,47 @@ def _header(path: str, item: ViewItem) -> GoHeader:
     return hdr
 
 
-def _copy_body(w: GoTarWriter, source: Path, size: int) -> None:
-    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
+def _copy_body(w: GoTarWriter, body: BinaryIO, size: int, name: str) -> None:
+    """Write exactly ``size`` bytes of ``body``; one that has more or fewer changed meanwhile."""
+    with body:
         left = size
         while left:
-            chunk = os.read(fd, min(left, 1 << 20))
+            chunk = body.read(min(left, 1 << 20))
             if not chunk:
-                raise OSError(f"{source}: file shrank while exporting")
+                raise LayerChangedError(f"{name}: shrank while it was exported", path=name)
             w.write(chunk)
             left -= len(chunk)
-    finally:
-        os.close(fd)
+        if body.read(1):
+            raise LayerChangedError(f"{name}: grew while it was exported", path=name)
+
+
+class _Sources:
+    """The trees a view's paths are read from, each opened once and read beneath its root."""
+
+    def __init__(self, files_dir: Path) -> None:
+        self._files_dir = files_dir
+        self._trees: dict[Path, archive.TreeReader] = {}
+
+    def tree(self, root: Path) -> archive.TreeReader:
+        tree = self._trees.get(root)
+        if tree is None:
+            tree = self._trees[root] = archive.TreeReader(root)
+        return tree
+
+    def of(self, path: str, item: ViewItem) -> tuple[archive.TreeReader, str]:
+        """Where ``item`` (shown at ``path``) is read: an image layer's folder, or the sandbox."""
+        if item.node is not None:
+            return self.tree(item.node.layer_dir), item.node.path
+        return self.tree(self._files_dir), path  # a sandbox view: its paths are the tree's
+
+    def close(self) -> None:
+        for tree in self._trees.values():
+            tree.close()
+        self._trees.clear()
+
+
+def _listed_kind(item: ViewItem) -> str:
+    return "file" if item.kind == "link" else item.kind
 
 
 def generate_diff(
@@ -177,22 +224,50 @@ def generate_diff(
             emit.add(path)
     top("Files", files_dir)
     whiteouts("")
-    for path in walk_order(list(emit)):
-        item = new.get(path)
-        if item is not None:
-            hdr = _header(path, item)
-            w.write_header(hdr)
-            if hdr.typeflag == "0" and hdr.size:
-                _copy_body(w, item.source, hdr.size)
-            if hdr.typeflag in ("0", "5"):
-                for layer_dir, sentry in item.streams:
-                    source = stream_source(layer_dir, sentry)
-                    size = os.lstat(source).st_size
-                    w.write_header(stream_header(hdr, str(sentry["stream"]), size))
-                    _copy_body(w, source, size)
-        whiteouts(path)
+    sources = _Sources(files_dir)
+    try:
+        for path in walk_order(list(emit)):
+            item = new.get(path)
+            if item is not None:
+                _write_item(w, sources, path, item)
+            whiteouts(path)
+    finally:
+        sources.close()
     top("Hives", hives_dir)
     w.close()
+
+
+def _write_item(w: GoTarWriter, sources: _Sources, path: str, item: ViewItem) -> None:
+    """The entries of one path: its header, its body, its alternate data streams."""
+    name = "Files/" + path
+    tree, rel = sources.of(path, item)
+    try:
+        st = tree.lstat(rel)
+    except NotFoundError:
+        return  # removed since the view was listed
+    if _kind(st) != _listed_kind(item):
+        raise LayerChangedError(
+            f"{name}: listed as a {item.kind}, now a {_kind(st)}, while it was exported", path=name
+        )
+    target = tree.readlink(rel) if stat.S_ISLNK(st.st_mode) else ""
+    body = tree.open(rel, st) if stat.S_ISREG(st.st_mode) and st.st_size else None
+    try:
+        hdr = _header(path, item, st, target)
+        w.write_header(hdr)
+    except BaseException:
+        if body is not None:
+            body.close()
+        raise
+    if body is not None:
+        _copy_body(w, body, hdr.size, name)
+    if hdr.typeflag in ("0", "5"):
+        for layer_dir, sentry in item.streams:
+            stree = sources.tree(layer_dir)
+            srel = stream_source(layer_dir, sentry).relative_to(layer_dir).as_posix()
+            sst = stree.lstat(srel)
+            w.write_header(stream_header(hdr, str(sentry["stream"]), sst.st_size))
+            if sst.st_size:
+                _copy_body(w, stree.open(srel, sst), sst.st_size, name)
 
 
 class PipeReader(io.RawIOBase):

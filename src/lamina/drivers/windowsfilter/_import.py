@@ -8,7 +8,7 @@ from and then changes root into the staging folder and drops its
 privileges (:mod:`._confine`), so a bug in this code cannot write anywhere
 else.  ``LAMINA_WINDOWSFILTER_NOREEXEC=1`` runs it inline for debugging.
 
-Per entry, in tar order: validate (:mod:`lamina.archive._wintar`), record
+Per entry, in tar order: validate (:mod:`lamina.archive.windows`), record
 the raw framing as tar-split records, and materialise it:
 
 * a file or directory under its on-disk name (the first spelling of each
@@ -53,17 +53,17 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from lamina.archive._tarsplit import Checksum, Crc64, Packer, Record, dump_record
-from lamina.archive._wintar import (
+from lamina.archive.windows import (
     FILE_ATTRIBUTE_DIRECTORY,
     MUTATED_FILES,
     EntryKind,
     LayerValidator,
+    RawTarReader,
     WinEntry,
     classify,
     fold,
     linux_symlink_target,
 )
-from lamina.archive._wintar_reader import RawTarReader
 from lamina.drivers.windowsfilter import _layout
 from lamina.drivers.windowsfilter._confine import PARENT_PID_ENV, confine, die_with_parent
 from lamina.errors import InvalidArchiveError, LaminaError

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lamina._change import Change, ChangeKind
-from lamina.archive._wintar import fold
+from lamina.archive.windows import fold
 from lamina.drivers.windowsfilter._layout import LAMINA_DIR, STREAMS, LayerMeta
 
 __all__ = [
@@ -237,10 +237,13 @@ def materialise(index: dict[str, Node], target: Path, *, copy: bool) -> None:
 
     Files are hard links to the layers' files (a read-only view costs no
     data) or, with ``copy``, copies (a writable sandbox must not write
-    through to its parents).
+    through to its parents).  Copies keep the layers' hard-link groups:
+    names that are one file in the layers (``bin/ash`` = ``bin/sh``) are
+    one copied file in the sandbox, linked as they were.
     """
     view = view_of_index(index)
     dirs: list[tuple[Path, Path]] = []
+    copied: dict[tuple[int, int], Path] = {}
     for path in walk_order(list(view)):
         item = view[path]
         out = target / path
@@ -252,7 +255,14 @@ def materialise(index: dict[str, Node], target: Path, *, copy: bool) -> None:
             st = os.lstat(item.source)
             os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
         elif copy:
-            _copy_file(item.source, out)
+            st = os.lstat(item.source)
+            first = copied.get((st.st_dev, st.st_ino)) if st.st_nlink > 1 else None
+            if first is not None:
+                os.link(first, out, follow_symlinks=False)
+            else:
+                _copy_file(item.source, out)
+                if st.st_nlink > 1:
+                    copied[(st.st_dev, st.st_ino)] = out
         else:
             try:
                 os.link(item.source, out, follow_symlinks=False)

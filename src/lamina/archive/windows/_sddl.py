@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from lamina.errors import InvalidArgumentError
 
 __all__ = [
+    "DEFAULT_SDDL",
     "Ace",
     "Acl",
     "SecurityDescriptor",
@@ -42,6 +43,10 @@ __all__ = [
     "sid_to_string",
     "to_sddl",
 ]
+
+#: go-containerregistry's descriptor for converted layers: owner and group
+#: BUILTIN\\Users, no DACL.
+DEFAULT_SDDL = "O:BUG:BU"
 
 SE_OWNER_DEFAULTED = 0x0001
 SE_GROUP_DEFAULTED = 0x0002

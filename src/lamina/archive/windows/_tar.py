@@ -32,10 +32,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from lamina.archive._wintar_reader import BLOCK, RawHeader, parse_pax_time
+from lamina.archive.windows._reader import BLOCK, RawHeader, parse_pax_time
 from lamina.errors import InvalidArchiveError, UnsafeArchiveError
 
 __all__ = [
+    "C_ISDIR",
+    "C_ISLNK",
+    "C_ISREG",
     "FILE_ATTRIBUTE_ARCHIVE",
     "FILE_ATTRIBUTE_DIRECTORY",
     "FILE_ATTRIBUTE_READONLY",
@@ -55,6 +58,7 @@ __all__ = [
     "basic_info_header",
     "classify",
     "filetime_to_ns",
+    "fold",
     "format_pax_time",
     "linux_symlink_target",
     "ns_to_filetime",
