@@ -167,7 +167,7 @@ class Store:
             row["variant"],
             row["os_version"],
             row["created"],
-            json.loads(row["config"]),
+            bytes(row["config"]),
             layers,
             int(row["size"]),
         )

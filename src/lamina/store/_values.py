@@ -27,8 +27,9 @@ class Image(Frozen):
     """An image in the store: ``id`` is ``"sha256:"`` + its config digest."""
 
     __slots__ = (
+        "_config",
+        "_config_json",
         "architecture",
-        "config",
         "created",
         "digest",
         "id",
@@ -61,11 +62,10 @@ class Image(Frozen):
     variant: str | None
     os_version: str | None
     created: str | None
-    config: dict[
-        str, Any
-    ]  # the config JSON as a dict (a private copy: changing it changes nothing)
     layers: tuple[str, ...]  # chain IDs, base first
     size: int
+    _config: dict[str, Any] | None
+    _config_json: bytes | None
 
     def __init__(
         self,
@@ -77,10 +77,12 @@ class Image(Frozen):
         variant: str | None,
         os_version: str | None,
         created: str | None,
-        config: Any,
+        config: dict[str, Any] | bytes,
         layers: tuple[str, ...] | list[str],
         size: int,
     ) -> None:
+        """``config`` is the config as a dict, or its JSON bytes (parsed on first use:
+        listing 10,000 images should not parse 10,000 configs nobody looks at)."""
         object.__setattr__(self, "id", id)
         object.__setattr__(self, "digest", digest)
         object.__setattr__(self, "names", tuple(names))
@@ -89,9 +91,26 @@ class Image(Frozen):
         object.__setattr__(self, "variant", variant)
         object.__setattr__(self, "os_version", os_version)
         object.__setattr__(self, "created", created)
-        object.__setattr__(self, "config", _thaw(config))
+        if isinstance(config, bytes | bytearray | memoryview):
+            object.__setattr__(self, "_config", None)
+            object.__setattr__(self, "_config_json", bytes(config))
+        else:
+            object.__setattr__(self, "_config", _thaw(config))
+            object.__setattr__(self, "_config_json", None)
         object.__setattr__(self, "layers", tuple(layers))
         object.__setattr__(self, "size", size)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The config JSON as a dict (each image its own copy)."""
+        result = self._config
+        if result is None:
+            import json
+
+            result = json.loads(self._config_json or b"{}")
+            object.__setattr__(self, "_config", result)
+        assert result is not None
+        return result
 
     def __hash__(self) -> int:  # the config dict is not hashable; the id stands for it
         return hash((self.id, self.digest, self.names, self.layers))
