@@ -28,6 +28,7 @@ __all__ = [
     "exchange_dirs",
     "made_by_other_live_process",
     "make_staging_dir",
+    "publish_file",
     "remove_tree",
     "rename_noreplace",
     "retire_dir",
@@ -207,21 +208,13 @@ def write_file_atomic(
             while view:
                 view = view[os.write(fd, view) :]
             os.fchmod(fd, mode)
-            if durable:
-                os.fsync(fd)
+            publish_file(fd, tmp, path, durable=durable)
         finally:
             os.close(fd)
-        os.rename(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    if durable:
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
 
 def sweep_atomic_writes(directory: str | os.PathLike[str]) -> list[str]:
@@ -250,6 +243,27 @@ def sweep_atomic_writes(directory: str | os.PathLike[str]) -> list[str]:
             os.unlink(os.path.join(directory, name))
             swept.append(name)
     return swept
+
+
+def publish_file(
+    fd: int, tmp: str | os.PathLike[str], dest: str | os.PathLike[str], *, durable: bool = True
+) -> None:
+    """Make the fully written temporary file ``tmp`` (open as ``fd``) appear as ``dest``.
+
+    fsync the data, rename over ``dest``, fsync the directory: after a crash
+    ``dest`` is either absent (or its old content) or complete, never a
+    prefix.  The caller closes ``fd``.
+    """
+    if durable:
+        os.fsync(fd)
+    os.rename(tmp, dest)
+    if durable:
+        directory = os.path.dirname(os.fspath(dest)) or "."
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
 
 def sync_filesystem(path: str | os.PathLike[str]) -> None:
