@@ -201,7 +201,7 @@ def unmount(state: State, container: str) -> None:
 @click.argument("container")
 @pass_state
 def diff(state: State, container: str) -> None:
-    """List CONTAINER's changes against its image, in `docker diff` format.
+    """List CONTAINER's changes in `docker diff` format.
 
     One line per path, sorted: A added, C changed, D deleted. A name that
     holds a control character, a character that does not print, a
@@ -248,7 +248,7 @@ def commit(
     compression: str,
     quiet: bool,
 ) -> None:
-    """Make a new image from CONTAINER's changes; print the new image's id.
+    """Make a new image from CONTAINER's changes; print its id.
 
     The new image is the container's image plus one layer holding the
     changes, with a history entry (MSG, AUTHOR) and a new created time;
@@ -283,7 +283,7 @@ def commit(
 )
 @pass_state
 def export(state: State, container: str, output: str | None) -> None:
-    """Write CONTAINER's whole root filesystem as one tar, like `docker export`.
+    """Write CONTAINER's whole tree as one tar, like `docker export`.
 
     The image's layers and the container's changes flattened into one tree
     (no whiteouts). Without -o the tar goes to standard output, which is
@@ -317,7 +317,7 @@ def export(state: State, container: str, output: str | None) -> None:
 @click.option("-f", "--force", is_flag=True, help="Remove a container that is still mounted.")
 @pass_state
 def rm(state: State, containers: tuple[str, ...], force: bool) -> None:
-    """Remove containers and their read-write layers; print each one removed.
+    """Remove containers (and their read-write layers).
 
     A mounted container is refused (exit status 7) unless -f. Each argument
     is tried; the exit status is the first failure's.

@@ -313,7 +313,7 @@ def tag(state: State, source: str, target: str) -> None:
 )
 @pass_state
 def inspect(state: State, names: tuple[str, ...], kind: str | None) -> None:
-    """Print images and containers as a JSON array, like `docker inspect`.
+    """Print images and containers as JSON, like `docker inspect`.
 
     Each argument is a container's name or id, or an image's name, full id
     or unique id prefix. What is found is printed; each argument that is
@@ -437,7 +437,7 @@ def save(
 @click.option("-q", "--quiet", is_flag=True, help="No progress; still print what was loaded.")
 @pass_state
 def load(state: State, source: str | None, quiet: bool) -> None:
-    """Load images from an archive, like `docker load`; print what was loaded.
+    """Load images from an archive, like `docker load`.
 
     Reads a `docker save` tar (both its manifest.json and its OCI form), an
     OCI archive tar or an OCI layout directory, from FILE or from standard
