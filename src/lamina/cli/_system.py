@@ -22,6 +22,7 @@ from lamina.cli._common import (
     pass_state,
 )
 from lamina.cli._format import human_size, json_text, table
+from lamina.errors import LaminaError
 
 __all__ = ["system"]
 
@@ -238,10 +239,18 @@ def info(state: State, output_format: str) -> None:
         containers = store.containers()
         layers = store.layers()
         usage = store.disk_usage()
+        # not in DESIGN.md's API: shown when the store says which driver it runs on
+        driver = getattr(store, "driver", None)
+        driver_name = getattr(driver, "name", None) or state.driver_name or "auto"
+        try:
+            status = [(str(k), str(v)) for k, v in driver.status()] if driver else []
+        except (LaminaError, OSError):
+            status = []
     drivers = sorted({str(layer.driver) for layer in layers if getattr(layer, "driver", None)})
     facts: dict[str, Any] = {
         "Root": str(state.root),
-        "Driver": state.driver_name or "auto",
+        "Driver": driver_name,
+        "DriverStatus": status,
         "LayerDrivers": drivers,
         "Images": len(all_images),
         "Containers": len(containers),
@@ -256,6 +265,7 @@ def info(state: State, output_format: str) -> None:
     lines = [
         f"Root: {facts['Root']}",
         f"Driver: {facts['Driver']}",
+        *(f"  {key}: {value}" for key, value in status),
         f"Layer drivers: {', '.join(drivers) or '-'}",
         f"Images: {facts['Images']}",
         f"Containers: {facts['Containers']}",
