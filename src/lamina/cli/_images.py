@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import click
 
@@ -42,7 +42,7 @@ from lamina.cli._format import (
 from lamina.errors import LaminaError, NotFoundError
 
 if TYPE_CHECKING:
-    from lamina.store import Image, Store
+    from lamina.store import Image
 
 __all__ = [
     "image_json",
@@ -93,7 +93,9 @@ def one_failed(statuses: list[int], exc: BaseException) -> None:
     statuses.append(exit_code_for(exc))
 
 
-def _rows(store: Store, all_images: list[Image], digests: bool, no_trunc: bool) -> list[list[str]]:
+def _rows(
+    all_images: list[Image], digests: bool, no_trunc: bool, wanted: str | None
+) -> list[list[str]]:
     rows: list[list[str]] = []
     ordered = sorted(
         all_images,
@@ -102,7 +104,8 @@ def _rows(store: Store, all_images: list[Image], digests: bool, no_trunc: bool) 
     )
     for img in ordered:
         ident = img.id if no_trunc else short_id(img.id)
-        names = [split_name(name) for name in img.names] or [("<none>", "<none>", None)]
+        kept = [name for name in img.names if wanted is None or _name_matches(name, wanted)]
+        names = [split_name(name) for name in kept] or [("<none>", "<none>", None)]
         tagged = [n for n in names if n[1] != "<none>"]
         for repo, tag_name, digest in tagged or names:
             row = [repo, tag_name]
@@ -110,7 +113,6 @@ def _rows(store: Store, all_images: list[Image], digests: bool, no_trunc: bool) 
                 row.append(digest or img.digest or "<none>")
             row += [ident, created_text(img.created), human_size(img.size)]
             rows.append(row)
-    del store
     return rows
 
 
@@ -199,25 +201,24 @@ def images(
             return
         header = ["REPOSITORY", "TAG", *(["DIGEST"] if digests else [])]
         header += ["IMAGE ID", "CREATED", "SIZE"]
-        click.echo(table(header, _rows(store, found, digests, no_trunc)))
+        click.echo(table(header, _rows(found, digests, no_trunc, repository)))
+
+
+def _name_matches(name: str, wanted: str) -> bool:
+    """Whether stored ``name`` is in repository ``wanted`` (and has its tag, if it names one)."""
+    from lamina.oci import parse_reference
+
+    ref = parse_reference(wanted, default_tag=False)
+    try:
+        have = parse_reference(str(name), default_tag=False)
+    except LaminaError:
+        return False
+    return have.name == ref.name and (ref.tag is None or have.tag == ref.tag)
 
 
 def _matching(found: list[Image], wanted: str) -> list[Image]:
     """The images with a name in repository ``wanted`` (and its tag, when it has one)."""
-    from lamina.oci import parse_reference
-
-    ref = parse_reference(wanted, default_tag=False)
-    result = []
-    for img in found:
-        for name in img.names:
-            try:
-                have = parse_reference(str(name), default_tag=False)
-            except LaminaError:
-                continue
-            if have.name == ref.name and (ref.tag is None or have.tag == ref.tag):
-                result.append(img)
-                break
-    return result
+    return [img for img in found if any(_name_matches(name, wanted) for name in img.names)]
 
 
 @click.command()
@@ -259,7 +260,7 @@ def rmi(state: State, images_: tuple[str, ...], force: bool) -> None:
                     store.untag(as_name)
                     click.echo(f"Untagged: {split_name(as_name)[0]}:{split_name(as_name)[1]}")
                     continue
-                if as_name is None and len(names) > 1 and not force:
+                if as_name not in names and len(names) > 1 and not force:
                     raise CommandError(
                         f"image {short_id(img.id)} has {len(names)} names; remove them one "
                         "by one or give -f",
@@ -406,7 +407,7 @@ def save(
             out = stdout_binary()
             with progress.step(f"Saving {what} ({archive_format})") as step:
                 writer = CountingWriter(out, step)
-                store.save(list(images_), writer, format=archive_format)
+                store.save(list(images_), cast(BinaryIO, writer), format=archive_format)
                 writer.flush()
             return
         assert output is not None
@@ -462,7 +463,7 @@ def load(state: State, source: str | None, quiet: bool) -> None:
                 stream, "refusing to read an archive from a terminal; use -i FILE or redirect"
             )
             with progress.step("Loading from standard input") as step:
-                loaded = store.load(CountingReader(stream, step))
+                loaded = store.load(cast(BinaryIO, CountingReader(stream, step)))
                 step.note = _loaded_note(loaded)
         elif os.path.isdir(source):
             with progress.step(f"Loading {source}") as step:
@@ -472,7 +473,7 @@ def load(state: State, source: str | None, quiet: bool) -> None:
             with open(source, "rb") as raw:
                 total = os.fstat(raw.fileno()).st_size
                 with progress.step(f"Loading {source}", total) as step:
-                    loaded = store.load(CountingReader(raw, step))
+                    loaded = store.load(cast(BinaryIO, CountingReader(raw, step)))
                     step.note = _loaded_note(loaded)
     for img in loaded:
         shown = False
