@@ -66,7 +66,7 @@ def test_real_process_exit_statuses(tmp_path: Path, store_with_busy: tuple[Path,
         (("rmi", "nosuch:1"), None, 3),
         (("inspect", "--type", "container", "busy"), None, 3),
         (("load",), b"\x89PNG\r\n\x1a\n not an archive" * 40, 5),
-        (("tag", "busy", "UPPER/case"), None, 2),
+        (("tag", "busy", "no spaces/in names"), None, 2),
     ]:
         proc = _lamina(root, *args, input=stdin)
         assert proc.returncode == status, (args, proc.returncode, proc.stderr)

@@ -28,7 +28,7 @@ __all__ = ["demo"]
 )
 @pass_state
 def demo(state: State, root: Path | None, driver_name: str | None, keep: bool) -> None:
-    """Show the layer and image life cycles on real files from this machine.
+    """Tour layers and images on real files from this machine.
 
     \b
     Layers (the driver contract):
