@@ -197,6 +197,7 @@ def _stage(staging: Path) -> tuple[int, list[str]]:
         used.append("/etc/lamina-demo (the demo's own files)")
     first = next(iter(_regular_files(staging)), None)
     if first is not None:
+        (staging / _HARDLINK).parent.mkdir(parents=True, exist_ok=True)  # a host without /etc
         os.link(first, staging / _HARDLINK)
         count += 1
         used.append(f"/{_HARDLINK} (a hardlink to /{first.relative_to(staging)})")

@@ -155,3 +155,32 @@ def test_progress_bars_on_a_terminal_stay_off_stdout(
     assert proc.returncode == 0
     assert proc.stdout == b"Loaded image: busy:latest\n"
     assert f"Loading {out}".encode() in drawn
+
+
+@pytest.mark.parametrize("driver", ["vfs", "overlay"])
+def test_mount_outlives_the_command_and_unmount_releases_it(
+    tmp_path: Path, docker_archive: Archive, driver: str
+) -> None:
+    """`dir=$(lamina mount web)` then writing there: the view must survive the process."""
+    if driver == "overlay" and os.geteuid() != 0:
+        pytest.skip("overlay needs root")
+    data, _ = docker_archive([BASE], ["busy:latest"])
+    root = tmp_path / "store"
+    lamina = f"{shlex.quote(sys.executable)} -m lamina --root {shlex.quote(str(root))}"
+    lamina += f" --driver {driver}"
+    script = f"""set -e
+{lamina} load -q
+{lamina} create busy --name web >/dev/null
+dir=$({lamina} mount web)
+echo hello > "$dir/hello"
+rm "$dir/etc/hostname"
+{lamina} unmount web
+{lamina} diff web
+"""
+    proc = subprocess.run(
+        ["sh", "-c", script], input=data, capture_output=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().splitlines()[-3:] == ["C /etc", "D /etc/hostname", "A /hello"]
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(root) not in mounts  # the last unmount took the view down
