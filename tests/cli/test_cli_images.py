@@ -520,3 +520,21 @@ def test_progress_lines_and_quiet() -> None:
     with pytest.raises(RuntimeError), Progress(quiet=False, stream=failed).step("boom"):
         raise RuntimeError("x")
     assert failed.getvalue() == ""  # a failed step prints no line: the error says it
+
+
+@pytest.mark.root
+def test_save_to_a_full_disk_is_exit_8_and_leaves_no_partial_archive(
+    lamina: Run,
+    ok: Ok,
+    one_line_error: OneLineError,
+    docker_archive: Archive,
+    mount_fs: Callable[..., Path],
+) -> None:
+    data, _ = docker_archive([{"big": os.urandom(3 << 20)}], ["big:1"])
+    ok(lamina("load", "-q", input=data))
+    small = mount_fs("tmpfs", size_mb=1)
+    out = small / "big.tar"
+    one_line_error(lamina("save", "-q", "-o", str(out), "big:1"), 8)
+    assert not out.exists()
+    ok(lamina("save", "-q", "-o", "/dev/null", "big:1"))
+    assert Path("/dev/null").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -411,18 +412,24 @@ def save(
                 writer.flush()
             return
         assert output is not None
-        existed = os.path.lexists(output)
-        with progress.step(f"Saving {what} to {output} ({archive_format})") as step:
-            try:
+        title = f"Saving {what} to {output} ({archive_format})"
+        if archive_format == "oci-dir":
+            with progress.step(title):
                 store.save(list(images_), output, format=archive_format)
+            return
+        # the archive goes through a counting writer, so the bar moves as bytes are written
+        with open(output, "wb") as raw:
+            regular = stat.S_ISREG(os.fstat(raw.fileno()).st_mode)  # not /dev/null, a FIFO
+            try:
+                with progress.step(title) as step:
+                    writer = CountingWriter(raw, step)
+                    store.save(list(images_), cast(BinaryIO, writer), format=archive_format)
+                    writer.flush()
             except BaseException:
-                if not existed and archive_format != "oci-dir" and os.path.isfile(output):
+                if regular:
                     with contextlib.suppress(OSError):
                         os.unlink(output)  # never leave a truncated archive that looks whole
                 raise
-            with contextlib.suppress(OSError):
-                if os.path.isfile(output):
-                    step.advance_to(os.stat(output).st_size)
 
 
 @click.command()
