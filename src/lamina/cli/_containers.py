@@ -314,13 +314,14 @@ def export(state: State, container: str, output: str | None) -> None:
 
 @click.command()
 @click.argument("containers", metavar="CONTAINER...", nargs=-1, required=True)
-@click.option("-f", "--force", is_flag=True, help="Remove a container that is still mounted.")
+@click.option("-f", "--force", is_flag=True, help="Remove a container even while it is mounted (its mounts go first).")
 @pass_state
 def rm(state: State, containers: tuple[str, ...], force: bool) -> None:
     """Remove containers (and their read-write layers).
 
-    A mounted container is refused (exit status 7) unless -f. Each argument
-    is tried; the exit status is the first failure's.
+    Prints each argument removed, like `docker rm`. -f also releases the
+    container's mounts first. Each argument is tried; the exit status is
+    the first failure's.
 
     \b
     Example:

@@ -379,8 +379,8 @@ def save(
     """Write images to an archive, like `docker save`.
 
     Layers are written as the store received them (the original blobs, when
-    kept), so digests do not drift. An image named by name keeps that name
-    in the archive. Without -o the tar goes to standard output, which is
+    kept), so digests do not drift. Each image is listed in the archive
+    under all its names. Without -o the tar goes to standard output, which is
     refused when it is a terminal; oci-dir always needs -o. Progress goes to
     stderr.
 
