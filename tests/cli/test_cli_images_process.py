@@ -154,7 +154,8 @@ def test_progress_bars_on_a_terminal_stay_off_stdout(
         os.close(leader)
     assert proc.returncode == 0
     assert proc.stdout == b"Loaded image: busy:latest\n"
-    assert f"Loading {out}".encode() in drawn
+    text = drawn.decode(errors="replace")
+    assert "Loading " in text and "kB" in text, text  # a bar with the bytes read
 
 
 @pytest.mark.parametrize("driver", ["vfs", "overlay"])

@@ -88,10 +88,16 @@ class Progress:
         )
         from rich.progress import Progress as RichProgress
 
+        from rich.table import Column
+
         console = Console(file=self._stream, stderr=True)
+        # narrow enough for an 80-column terminal: a long title is cut, not wrapped
         columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
+            TextColumn(
+                "{task.description}",
+                table_column=Column(max_width=32, no_wrap=True, overflow="ellipsis"),
+            ),
+            BarColumn(bar_width=16),
             DownloadColumn(binary_units=False),
             TransferSpeedColumn(),
             TimeElapsedColumn(),
