@@ -314,7 +314,9 @@ def export(state: State, container: str, output: str | None) -> None:
 
 @click.command()
 @click.argument("containers", metavar="CONTAINER...", nargs=-1, required=True)
-@click.option("-f", "--force", is_flag=True, help="Remove a container even while it is mounted (its mounts go first).")
+@click.option(
+    "-f", "--force", is_flag=True, help="Remove even while mounted (the mounts go first)."
+)
 @pass_state
 def rm(state: State, containers: tuple[str, ...], force: bool) -> None:
     """Remove containers (and their read-write layers).

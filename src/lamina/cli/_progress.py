@@ -87,7 +87,6 @@ class Progress:
             TransferSpeedColumn,
         )
         from rich.progress import Progress as RichProgress
-
         from rich.table import Column
 
         console = Console(file=self._stream, stderr=True)
