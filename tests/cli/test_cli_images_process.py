@@ -185,3 +185,41 @@ rm "$dir/etc/hostname"
     assert proc.stdout.decode().splitlines()[-3:] == ["C /etc", "D /etc/hostname", "A /hello"]
     mounts = Path("/proc/self/mountinfo").read_text()
     assert str(root) not in mounts  # the last unmount took the view down
+
+
+@pytest.mark.parametrize(("answer", "pruned"), [(b"n\n", False), (b"y\n", True)])
+def test_prune_asks_on_a_terminal(
+    tmp_path: Path, docker_archive: Archive, answer: bytes, pruned: bool
+) -> None:
+    data, image_id = docker_archive([BASE], [])  # unnamed, unused: prune takes it
+    root = tmp_path / "store"
+    assert _lamina(root, "load", "-q", input=data).returncode == 0
+    leader, follower = pty.openpty()
+    try:
+        os.write(leader, answer)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lamina",
+                "--root",
+                str(root),
+                "--driver",
+                "vfs",
+                "system",
+                "prune",
+            ],
+            stdin=follower,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert proc.returncode == 0, proc.stderr
+    assert b"WARNING! This will remove:" in proc.stderr
+    assert b"Are you sure you want to continue? [y/N]" in proc.stderr
+    assert (f"deleted: {image_id}".encode() in proc.stdout) == pruned
+    left = _lamina(root, "images", "-q", "--no-trunc").stdout.decode()
+    assert left == ("" if pruned else image_id + "\n")

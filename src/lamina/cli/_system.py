@@ -61,8 +61,9 @@ def _fields(value: object, names: tuple[str, ...]) -> dict[str, Any]:
 def df(state: State, output_format: str) -> None:
     """Show the store's disk usage, like `docker system df`.
 
-    Counts and sizes of images, containers and layers; RECLAIMABLE is what
-    `lamina system prune` would free.
+    Counts and sizes of images, containers and layers. ACTIVE images are
+    those a container uses; RECLAIMABLE is what `lamina system prune` would
+    free (containers are never pruned).
 
     \b
     Example:
@@ -103,7 +104,7 @@ def df(state: State, output_format: str) -> None:
         [
             "Containers",
             str(len(containers)),
-            str(len(containers)),
+            "-",  # Docker counts running containers; nothing runs here
             human_size(sizes["containers"]),
             "0B",
         ],
