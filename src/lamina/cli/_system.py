@@ -116,7 +116,8 @@ def df(state: State, output_format: str) -> None:
 _PRUNE_WARNING = """\
 WARNING! This will remove:
   - all images without a name that no container uses
-  - layers, blobs and leftovers that nothing refers to
+  - layers, blobs and leftovers that nothing refers to, including layers
+    made with `lamina layer` in this root that no image or container uses
 Containers are kept."""
 
 
@@ -128,7 +129,8 @@ def prune(state: State, force: bool) -> None:
 
     Removes images that have no name and no container (Docker's dangling
     images), then runs the store's garbage collection, and prints what went
-    and the total reclaimed space. Asks first on a terminal; without a
+    and the total reclaimed space. The store counts layers made with `lamina
+    layer` in the same --root as unreferenced: keep those in another root. Asks first on a terminal; without a
     terminal it needs -f.
 
     \b
