@@ -277,6 +277,31 @@ def test_images_loads_the_store_but_not_the_archive_engine(tmp_path: Path) -> No
         assert unused not in loaded, unused
 
 
+@pytest.mark.parametrize(
+    ("args", "own"),
+    [(["ps"], "lamina.cli._containers"), (["system", "df"], "lamina.cli._system")],
+)
+def test_listing_commands_load_neither_the_exporter_nor_rich(
+    tmp_path: Path, args: list[str], own: str
+) -> None:
+    root = tmp_path / "store"
+    loaded = _cli_modules(["--root", str(root), "--driver", "vfs", *args], tmp_path)
+    assert own in loaded
+    others = {"lamina.cli._containers", "lamina.cli._system", "lamina.cli._images"} - {own}
+    if own == "lamina.cli._containers":
+        others.discard("lamina.cli._images")  # shares the per-argument error reporting
+    for unused in (
+        *others,
+        "lamina.cli._progress",
+        "lamina.archive._export",
+        "lamina.archive._apply",
+        "lamina.cli._windows",
+        "lamina._demo",
+        "rich",
+    ):
+        assert unused not in loaded, unused
+
+
 def test_load_without_a_terminal_does_not_load_rich(tmp_path: Path) -> None:
     """Progress bars only on a terminal: a piped or logged `lamina load` never imports rich."""
     tar = tmp_path / "empty.tar"
