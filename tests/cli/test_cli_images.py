@@ -538,3 +538,54 @@ def test_save_to_a_full_disk_is_exit_8_and_leaves_no_partial_archive(
     assert not out.exists()
     ok(lamina("save", "-q", "-o", "/dev/null", "big:1"))
     assert Path("/dev/null").exists()
+
+
+def _tar_of(members: list[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_load_of_an_archive_that_climbs_out_is_exit_5_and_writes_nothing_outside(
+    lamina: Run, ok: Ok, one_line_error: OneLineError, tmp_path: Path
+) -> None:
+    sentinel = tmp_path / "sentinel"
+    sentinel.mkdir()
+    (sentinel / "passwd").write_bytes(b"untouched\n")
+    manifest = [{"Config": "../../sentinel/passwd", "RepoTags": ["evil:1"], "Layers": []}]
+    data = _tar_of([("manifest.json", json.dumps(manifest).encode())])
+    one_line_error(lamina("load", "-q", input=data), 5)
+    assert (sentinel / "passwd").read_bytes() == b"untouched\n"
+    assert sorted(p.name for p in sentinel.iterdir()) == ["passwd"]
+    assert ok(lamina("images", "-q")) == ""
+
+
+def test_load_of_a_truncated_archive_adds_nothing(
+    lamina: Run, ok: Ok, busy: tuple[Path, str]
+) -> None:
+    data = busy[0].read_bytes()
+    result = lamina("load", "-q", input=data[: len(data) // 2])
+    assert result.exit_code in (5, 10), (result.exit_code, result.stderr)
+    assert len(result.stderr.splitlines()) == 1
+    assert ok(lamina("images", "-q")) == ""
+
+
+def test_system_check_json_lists_problems_with_kind_and_subject(
+    lamina: Run, ok: Ok, loaded: str, root: Path
+) -> None:
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if name == "sh":
+                Path(dirpath, name).write_bytes(b"#!/bin/fals\n")  # same size, other bytes
+    result = lamina("system", "check", "--format", "json")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["Problems"] and report["Remaining"] == report["Problems"]
+    for problem in report["Problems"]:
+        assert set(problem) == {"kind", "subject", "detail"}
+        assert problem["kind"] and problem["subject"]
+    assert loaded
