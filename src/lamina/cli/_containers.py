@@ -27,10 +27,10 @@ from lamina.cli._common import (
     stdout_binary,
 )
 from lamina.cli._format import (
-    created_datetime,
     created_text,
     iso_created,
     json_text,
+    newest_first_key,
     short_id,
     split_name,
     table,
@@ -135,7 +135,7 @@ def ps(state: State, all_: bool, quiet: bool, no_trunc: bool, output_format: str
     with open_store(state) as store:
         found = sorted(
             store.containers(),
-            key=lambda c: (created_datetime(c.created) is not None, str(c.created or "")),
+            key=lambda c: newest_first_key(c.created),
             reverse=True,
         )
         if output_format == "json":

@@ -22,6 +22,7 @@ __all__ = [
     "iso_created",
     "json_text",
     "layer_key",
+    "newest_first_key",
     "plain",
     "short_id",
     "split_name",
@@ -45,30 +46,31 @@ def human_size(size: int | float | None) -> str:
 
 
 def human_duration(seconds: float) -> str:
-    """go-units ``HumanDuration``: ``About a minute``, ``3 hours``, ``2 weeks``."""
-    if seconds < 1:
+    """go-units ``HumanDuration``, step for step: ``About a minute``, ``3 hours``, ``2 weeks``."""
+    whole = int(seconds)
+    if whole < 1:
         return "Less than a second"
-    if seconds < 2:
+    if whole == 1:
         return "1 second"
-    minutes = seconds / 60
-    if minutes < 1:
-        return f"{int(seconds)} seconds"
-    if int(minutes) == 1:
+    if whole < 60:
+        return f"{whole} seconds"
+    minutes = int(seconds / 60)
+    if minutes == 1:
         return "About a minute"
-    hours = minutes / 60
-    if hours < 1:
-        return f"{int(minutes)} minutes"
-    if round(hours) == 1:
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = int(seconds / 3600 + 0.5)
+    if hours == 1:
         return "About an hour"
     if hours < 48:
-        return f"{round(hours)} hours"
+        return f"{hours} hours"
     if hours < 24 * 7 * 2:
-        return f"{int(hours / 24)} days"
+        return f"{hours // 24} days"
     if hours < 24 * 30 * 2:
-        return f"{int(hours / 24 / 7)} weeks"
+        return f"{hours // 24 // 7} weeks"
     if hours < 24 * 365 * 2:
-        return f"{int(hours / 24 / 30)} months"
-    return f"{int(hours / 24 / 365)} years"
+        return f"{hours // 24 // 30} months"
+    return f"{int(seconds / 3600) // 24 // 365} years"
 
 
 def created_datetime(value: object) -> _dt.datetime | None:
@@ -93,6 +95,14 @@ def created_datetime(value: object) -> _dt.datetime | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=_dt.UTC)
     return moment
+
+
+_EPOCH = _dt.datetime(1, 1, 1, tzinfo=_dt.UTC)
+
+
+def newest_first_key(value: object) -> _dt.datetime:
+    """A sort key for ``created`` (reverse it for newest first; unknown sorts last)."""
+    return created_datetime(value) or _EPOCH
 
 
 def created_text(value: object, now: _dt.datetime | None = None) -> str:

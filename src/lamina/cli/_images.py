@@ -30,12 +30,12 @@ from lamina.cli._common import (
     stdout_binary,
 )
 from lamina.cli._format import (
-    created_datetime,
     created_text,
     human_size,
     iso_created,
     json_text,
     layer_key,
+    newest_first_key,
     short_id,
     split_name,
     table,
@@ -100,7 +100,7 @@ def _rows(
     rows: list[list[str]] = []
     ordered = sorted(
         all_images,
-        key=lambda img: (created_datetime(img.created) is not None, str(img.created or "")),
+        key=lambda img: newest_first_key(img.created),
         reverse=True,
     )
     for img in ordered:

@@ -130,8 +130,8 @@ def prune(state: State, force: bool) -> None:
     Removes images that have no name and no container (Docker's dangling
     images), then runs the store's garbage collection, and prints what went
     and the total reclaimed space. The store counts layers made with `lamina
-    layer` in the same --root as unreferenced: keep those in another root. Asks first on a terminal; without a
-    terminal it needs -f.
+    layer` in the same --root as unreferenced: keep those in another root.
+    Asks first on a terminal; without a terminal it needs -f.
 
     \b
     Example:
