@@ -109,3 +109,77 @@ def test_kill_9_during_load_then_reopen(tmp_path: Path, delay: float) -> None:
         splits = root / "tar-split"
         assert not splits.exists() or list(splits.iterdir()) == []
         assert s._db.intents() == []
+
+
+def test_recovery_leaves_a_chain_alone_while_a_live_process_stores_it(tmp_path: Path) -> None:
+    """A dead writer's intent for a chain that a live process is storing again is kept."""
+    from lamina._fs import file_lock
+
+    oci_layout(tmp_path / "layout", [("x:1", [layer_tar({"a": b"1"})])])
+    root = tmp_path / "store"
+    with Store(root, driver="vfs") as s:
+        (image,) = s.load(tmp_path / "layout")
+        chain = image.layers[0]
+        s.driver.create("e" * 64)
+        with s._db.tx() as c:  # what a writer killed by kill -9 leaves
+            c.execute(
+                "INSERT INTO intents (operation, subject, pid, started, detail)"
+                " VALUES ('store-layer', ?, 999999999, 0, ?)",
+                ("sha256:" + "e" * 64, "vfs/" + "e" * 64),
+            )
+        del chain
+    # "a live process stores it": it holds the chain's lock
+    with file_lock(root / "locks" / ("e" * 64 + ".lock")), Store(root) as s:
+        assert s.driver.exists("e" * 64)
+        assert len(s._db.intents()) == 1
+    with Store(root) as s:  # the lock is free: the leftover goes
+        assert not s.driver.exists("e" * 64)
+        assert s._db.intents() == []
+        assert s.check().ok
+
+
+COMMIT = """
+import sys
+from lamina import Store
+with Store(sys.argv[1]) as s:
+    c = s.container("box")
+    s.commit(c, "committed:1")
+    print("done")
+"""
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.1, 0.3])
+def test_kill_9_during_commit_then_reopen(tmp_path: Path, delay: float) -> None:
+    oci_layout(tmp_path / "layout", [("base:1", [layer_tar({"a": b"1"})])])
+    root = tmp_path / "store"
+    with Store(root, driver="vfs") as s:
+        (image,) = s.load(tmp_path / "layout")
+        c = s.create_container(image, name="box")
+        top = s.mount(c)
+        rng = random.Random(2)
+        for n in range(8):
+            (top / f"f{n}").write_bytes(rng.randbytes(1 << 20))
+        s.unmount(c)
+    env = dict(os.environ, PYTHONPATH=SRC)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", COMMIT, str(root)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.3 + delay)  # the interpreter's start-up, then into the commit
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    with Store(root) as s:
+        names = {n for i in s.images() for n in i.names}
+        if "docker.io/library/committed:1" in names:
+            assert len(s.image("committed:1").layers) == 2
+        report = s.check()
+        assert report.ok, report.problems
+        s.gc()
+        assert len(s.images()) in (1, 2)
+        assert len(s.layers()) == len(s.images())  # base, and the commit's layer if it finished
+        assert s._db.intents() == []
+        assert len(driver_layer_dirs(root)) == len(s.layers()) + 1  # + the container's layer

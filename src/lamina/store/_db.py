@@ -38,7 +38,7 @@ import os
 import sqlite3
 import time
 
-from lamina.errors import InUseError, StateError
+from lamina.errors import AlreadyExistsError, InUseError, StateError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -130,7 +130,24 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX leases_chain ON leases(chain_id);
     """,
+    # 2: how many mount() holds a container has (remove_container refuses while > 0)
+    """
+    ALTER TABLE containers ADD COLUMN mounts INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """Turn SQLite's exceptions into lamina's (callers translate the constraints they expect)."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise InUseError(f"the store database stayed locked: {exc}") from exc
+        raise StateError(f"the store database failed: {exc}") from exc
+    except sqlite3.Error as exc:
+        raise StateError(f"the store database failed: {exc}") from exc
 
 
 def pid_alive(pid: int) -> bool:
@@ -211,22 +228,30 @@ class Database:
 
     @contextlib.contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (``BEGIN IMMEDIATE``: the write lock up front)."""
+        """One write transaction (``BEGIN IMMEDIATE``: the write lock up front).
+
+        SQLite's errors leave as lamina's: a lock held past the busy timeout
+        is :class:`InUseError`, anything else :class:`StateError`.
+        """
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with _translated():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def query(self, sql: str, args: Sequence[object] = ()) -> list[sqlite3.Row]:
         """Rows of one read (a consistent snapshot)."""
-        return self._conn.execute(sql, args).fetchall()
+        with _translated():
+            return self._conn.execute(sql, args).fetchall()
 
     def one(self, sql: str, args: Sequence[object] = ()) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = self._conn.execute(sql, args).fetchone()
+        with _translated():
+            row: sqlite3.Row | None = self._conn.execute(sql, args).fetchone()
         return row
 
     # -- meta -------------------------------------------------------------------
@@ -520,11 +545,14 @@ class Database:
 
     def add_container(self, row: dict[str, object], intent: int) -> None:
         with self.tx() as c:
-            c.execute(
-                "INSERT INTO containers VALUES (:id, :name, :image_id, :layer_id, :driver,"
-                " :parent, :created)",
-                row,
-            )
+            try:
+                c.execute(
+                    "INSERT INTO containers (id, name, image_id, layer_id, driver, parent, created)"
+                    " VALUES (:id, :name, :image_id, :layer_id, :driver, :parent, :created)",
+                    row,
+                )
+            except ConstraintError:
+                raise AlreadyExistsError(f"a container named {row['name']!r} exists") from None
             c.execute("DELETE FROM intents WHERE id = ?", (intent,))
 
     def containers(self) -> list[sqlite3.Row]:
@@ -539,6 +567,23 @@ class Database:
             if len(rows) == 1:
                 return rows[0]
         return row
+
+    def count_mount(self, container_id: str, delta: int) -> None:
+        with self.tx() as c:
+            c.execute(
+                "UPDATE containers SET mounts = max(0, mounts + ?) WHERE id = ?",
+                (delta, container_id),
+            )
+
+    def restore_container(self, row: sqlite3.Row, intent: int) -> None:
+        """Undo :meth:`remove_container` (the driver refused to remove the layer)."""
+        with self.tx() as c:
+            c.execute(
+                "INSERT INTO containers (id, name, image_id, layer_id, driver, parent, created,"
+                " mounts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                tuple(row),
+            )
+            c.execute("DELETE FROM intents WHERE id = ?", (intent,))
 
     def remove_container(self, container_id: str) -> int:
         """Delete the row and record the driver removal still to do; returns the intent."""

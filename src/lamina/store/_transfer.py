@@ -404,6 +404,12 @@ def _link_target(name: str, hdr: archive.RawHeader) -> str:
 
 
 def _load_tar(store: Store, stream: BinaryIO) -> list[Image]:
+    """Load a tar read once from ``stream`` (``docker save | gzip`` and zstd are accepted)."""
+    with archive.decompress(stream) as plain:
+        return _load_plain_tar(store, plain)
+
+
+def _load_plain_tar(store: Store, stream: BinaryIO) -> list[Image]:
     reader = archive.RawTarReader(stream)
     mem: dict[str, bytes] = {}
     aliases: dict[str, str] = {}
