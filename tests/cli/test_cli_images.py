@@ -342,10 +342,6 @@ def test_export_writes_the_flattened_tree(lamina: Run, ok: Ok, loaded: str, tmp_
         assert "added" in {m.name.strip("/").removeprefix("./") for m in tar}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store: remove_container(force=False) does not refuse a mounted container yet",
-)
 def test_rm_of_a_mounted_container_needs_force(
     lamina: Run, ok: Ok, one_line_error: OneLineError, loaded: str
 ) -> None:

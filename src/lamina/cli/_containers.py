@@ -321,9 +321,9 @@ def export(state: State, container: str, output: str | None) -> None:
 def rm(state: State, containers: tuple[str, ...], force: bool) -> None:
     """Remove containers (and their read-write layers).
 
-    Prints each argument removed, like `docker rm`. -f also releases the
-    container's mounts first. Each argument is tried; the exit status is
-    the first failure's.
+    Prints each argument removed, like `docker rm`. A mounted container is
+    refused (exit status 7) unless -f, which releases its mounts first. Each
+    argument is tried; the exit status is the first failure's.
 
     \b
     Example:
