@@ -585,3 +585,17 @@ def test_system_check_json_lists_problems_with_kind_and_subject(
         assert set(problem) == {"kind", "subject", "detail"}
         assert problem["kind"] and problem["subject"]
     assert loaded
+
+
+def test_load_of_a_gzipped_archive_from_a_file_and_a_pipe(
+    lamina: Run, ok: Ok, busy: tuple[Path, str], tmp_path: Path
+) -> None:
+    import gzip
+
+    packed = gzip.compress(busy[0].read_bytes())
+    assert ok(lamina("load", "-q", input=packed)) == "Loaded image: busy:latest\n"
+    (tmp_path / "busy.tar.gz").write_bytes(packed)
+    assert ok(lamina("load", "-q", "-i", str(tmp_path / "busy.tar.gz"))) == (
+        "Loaded image: busy:latest\n"
+    )
+    assert ok(lamina("images", "-q", "--no-trunc")) == busy[1] + "\n"

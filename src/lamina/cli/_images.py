@@ -449,7 +449,8 @@ def load(state: State, source: str | None, quiet: bool) -> None:
 
     Reads a `docker save` tar (both its manifest.json and its OCI form), an
     OCI archive tar or an OCI layout directory, from FILE or from standard
-    input (streamed: no copy of the whole archive is made). Every digest is
+    input, plain or gzip/zstd compressed (streamed: no copy of the whole
+    archive is made). Every digest is
     checked on the way in; a mismatch is exit status 10 and adds nothing.
     Prints "Loaded image: NAME" per name, or "Loaded image ID: ID" for an
     image without names.
