@@ -118,7 +118,7 @@ def test_top_level_help_lists_commands_options_and_exit_codes() -> None:
     for command in _command_names():
         assert f"\n  {command} " in text, command
     assert "..." not in text.split("Commands:")[1].split("Exit status")[0]  # no cut summaries
-    for code in range(1, 10):
+    for code in range(1, 13):
         assert f"\n    {code}  " in text
     assert "Example:" in text
     assert "lamina layer create base" in text
