@@ -108,6 +108,7 @@ def test_load_refuses_a_terminal(tmp_path: Path) -> None:
     code, stderr = _with_terminal(tmp_path / "store", ["load"], "stdin")
     assert code == 2
     assert stderr.startswith(b"lamina: error: refusing to read an archive from a terminal")
+    assert not (tmp_path / "store").exists()  # refused before the store was opened
 
 
 def test_progress_bars_on_a_terminal_stay_off_stdout(

@@ -450,8 +450,8 @@ def load(state: State, source: str | None, quiet: bool) -> None:
     Reads a `docker save` tar (both its manifest.json and its OCI form), an
     OCI archive tar or an OCI layout directory, from FILE or from standard
     input, plain or gzip/zstd compressed (streamed: no copy of the whole
-    archive is made). Every digest is
-    checked on the way in; a mismatch is exit status 10 and adds nothing.
+    archive is made). Every digest is checked on the way in; a mismatch is
+    exit status 10 and adds nothing.
     Prints "Loaded image: NAME" per name, or "Loaded image ID: ID" for an
     image without names.
 
@@ -464,12 +464,14 @@ def load(state: State, source: str | None, quiet: bool) -> None:
     from lamina.cli._progress import CountingReader, Progress
 
     progress = Progress(quiet)
+    from_stdin = source is None or source == "-"
+    if from_stdin:
+        refuse_terminal(
+            stdin_binary(), "refusing to read an archive from a terminal; use -i FILE or redirect"
+        )
     with open_store(state) as store:
         if source is None or source == "-":
             stream = stdin_binary()
-            refuse_terminal(
-                stream, "refusing to read an archive from a terminal; use -i FILE or redirect"
-            )
             with progress.step("Loading from standard input") as step:
                 loaded = store.load(cast(BinaryIO, CountingReader(stream, step)))
                 step.note = _loaded_note(loaded)
