@@ -166,7 +166,12 @@ def _oci_plans(docs: _Docs, *, final: bool) -> list[_Plan] | None:
             if data is None:
                 return _missing(final, descriptor.digest)
             nested = oci.Index.parse(data)
-            pick = oci.select_platform(nested.platforms(), oci.host_platform())
+            # a platform-sparse export holds some of the manifests: choose among those
+            present = [
+                p if docs.get(oci.blob_path(m.digest)) is not None else None
+                for p, m in zip(nested.platforms(), nested.manifests, strict=True)
+            ]
+            pick = oci.select_platform(present, oci.host_platform())
             if pick is None:
                 raise NotFoundError(f"image index {descriptor.digest} has no image for this host")
             manifest_desc = nested.manifests[pick]
@@ -509,7 +514,11 @@ def _load_plain_tar(store: Store, stream: BinaryIO) -> list[Image]:
                 )
             raise InvalidArchiveError(f"layer {member!r} is missing from the archive (truncated?)")
 
-        return _execute(store, plans, source_for, intent)
+        images = _execute(store, plans, source_for, intent)
+        for digest in spooled_blobs:  # spooled but no layer's: another platform's, say
+            if store._db.blob(digest) is None:
+                store._blobs.remove(digest)
+        return images
     except BaseException:
         _abandon(store, intent)
         for digest in spooled_blobs:
