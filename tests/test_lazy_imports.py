@@ -7,6 +7,7 @@ benchmarks).  The public names must still all be there, loaded on first use.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -243,3 +244,83 @@ def test_idmap_is_an_immutable_value() -> None:
     assert pickle.loads(pickle.dumps(built)) == built
     with pytest.raises(AttributeError):
         built.uids = ()
+
+
+# What only other commands need: a `lamina images` process must load none of it.
+_NOT_FOR_IMAGES = (
+    "lamina.cli._containers",
+    "lamina.cli._system",
+    "lamina.cli._progress",
+    "lamina.cli._layers",
+    "lamina.cli._diff",
+    "lamina.cli._mount",
+    "lamina.cli._windows",
+    "lamina.cli._demo_cmd",
+    "lamina._demo",
+    "lamina.archive._export",
+    "lamina.archive._apply",
+    "lamina.archive._changes",
+    "lamina.archive._wintar",
+    "lamina.archive._sddl",
+    "lamina.drivers.windowsfilter",
+    "lamina.drivers.overlay",
+    "rich",
+    "secrets",
+)
+
+
+def test_images_loads_the_store_but_not_the_archive_engine(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    loaded = _cli_modules(["--root", str(root), "--driver", "vfs", "images"], tmp_path)
+    assert "lamina.cli._images" in loaded
+    assert "lamina.store" in loaded
+    for unused in _NOT_FOR_IMAGES:
+        assert unused not in loaded, unused
+
+
+@pytest.mark.parametrize(
+    ("args", "own"),
+    [(["ps"], "lamina.cli._containers"), (["system", "df"], "lamina.cli._system")],
+)
+def test_listing_commands_load_neither_the_exporter_nor_rich(
+    tmp_path: Path, args: list[str], own: str
+) -> None:
+    root = tmp_path / "store"
+    loaded = _cli_modules(["--root", str(root), "--driver", "vfs", *args], tmp_path)
+    assert own in loaded
+    others = {"lamina.cli._containers", "lamina.cli._system", "lamina.cli._images"} - {own}
+    if own == "lamina.cli._containers":
+        others.discard("lamina.cli._images")  # shares the per-argument error reporting
+    for unused in (
+        *others,
+        "lamina.cli._progress",
+        "lamina.archive._export",
+        "lamina.archive._apply",
+        "lamina.cli._windows",
+        "lamina._demo",
+        "rich",
+    ):
+        assert unused not in loaded, unused
+
+
+def test_load_without_a_terminal_does_not_load_rich(tmp_path: Path) -> None:
+    """Progress bars only on a terminal: a piped or logged `lamina load` never imports rich."""
+    tar = tmp_path / "empty.tar"
+    with tarfile.open(tar, "w") as tf:
+        info = tarfile.TarInfo("manifest.json")
+        data = b"[]"
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    root = tmp_path / "store"
+    code = f"""
+import runpy, sys
+sys.argv = ["lamina", "--root", {str(root)!r}, "--driver", "vfs", "load", "-i", {str(tar)!r}]
+try:
+    runpy.run_module("lamina", run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+"""
+    loaded = _modules_after(code, tmp_path)
+    assert "lamina.cli._progress" in loaded
+    assert "rich" not in loaded
+    assert "lamina.cli._containers" not in loaded

@@ -1,16 +1,27 @@
-"""The quick-start demo: one round trip through the driver contract on real files.
+"""The quick-start demo: round trips through the driver contract and the image store.
 
-It makes a layer tar from files on this machine, applies it to a base layer,
-changes a read-write layer on top, exports those changes as a tar, applies
-that tar to a fresh layer on the same base and checks that both layers now
-look the same, entry by entry.  It is a function returning a
-:class:`DemoResult` so tests run exactly what ``lamina demo`` runs.
+Part one, layers: it makes a layer tar from files on this machine, applies it
+to a base layer, changes a read-write layer on top, exports those changes as
+a tar, applies that tar to a fresh layer on the same base and checks that
+both layers now look the same, entry by entry.
+
+Part two, images: it wraps the same layer tar in a ``docker save`` archive,
+loads it into a :class:`lamina.store.Store`, creates a container, changes it,
+lists the changes, commits them as a new image, saves that image, loads the
+saved archive into a fresh store and checks that the image id is the same
+and that a container of it shows the same tree as the original container.
+
+It is a function returning a :class:`DemoResult` so tests run exactly what
+``lamina demo`` runs.  Whatever this machine lacks among the source files is
+skipped (a host may have lost ``/etc``); the demo brings its own files when
+too few are left.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import secrets
 import shutil
@@ -27,6 +38,10 @@ from typing import BinaryIO
 from lamina import archive, drivers
 from lamina._change import Change
 from lamina._tree import remove_tree
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from lamina.store import Store
 
 __all__ = ["DemoResult", "Entry", "compare_trees", "run_demo", "snapshot_tree"]
 
@@ -96,11 +111,32 @@ class DemoResult:
     copy_size: int = 0  # apply_diff's answer for the copy
     compared: int = 0  # entries compared in step 7
     differences: list[str] = field(default_factory=list)
+    # part two, the image store
+    image_id: str = ""  # the image loaded from the archive made here
+    image_changes: list[Change] = field(default_factory=list)
+    committed_id: str = ""
+    saved_bytes: int = 0
+    reloaded_id: str = ""  # the committed image as the fresh store loaded it
+    image_compared: int = 0
+    image_differences: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
-    def match(self) -> bool:
+    def layers_match(self) -> bool:
         return self.compared > 0 and not self.differences
+
+    @property
+    def images_match(self) -> bool:
+        return (
+            self.image_compared > 0
+            and not self.image_differences
+            and bool(self.committed_id)
+            and self.reloaded_id == self.committed_id
+        )
+
+    @property
+    def match(self) -> bool:
+        return self.layers_match and self.images_match
 
 
 def _remove_quietly(path: Path) -> None:
@@ -158,8 +194,17 @@ def _stage(staging: Path) -> tuple[int, list[str]]:
     if count < _MIN_FILES:
         count += _copy_entry(Path(__file__).parent, staging / "opt/lamina-src")
         used.append(str(Path(__file__).parent))
+    if sum(1 for _ in _regular_files(staging)) < 3:
+        # too few plain writable files were copied: bring some the demo may change
+        own = staging / "etc/lamina-demo"
+        own.mkdir(parents=True, exist_ok=True)
+        for name in ("motd", "notes", "greeting"):
+            (own / name).write_text(f"{name} of the lamina demo\n")
+            count += 1
+        used.append("/etc/lamina-demo (the demo's own files)")
     first = next(iter(_regular_files(staging)), None)
     if first is not None:
+        (staging / _HARDLINK).parent.mkdir(parents=True, exist_ok=True)  # a host without /etc
         os.link(first, staging / _HARDLINK)
         count += 1
         used.append(f"/{_HARDLINK} (a hardlink to /{first.relative_to(staging)})")
@@ -394,20 +439,212 @@ def run_demo(
                 "(type, mode, owner, size, sha256, link target, hardlinks)"
             )
             notes.extend(result.differences)
+    except BaseException:
+        _remove_layers(d, created, keep)
+        if not keep:
+            shutil.rmtree(temp, ignore_errors=True)
+        raise
+    _remove_layers(d, created, keep)
+    if result.layers_match:
+        echo(f"MATCH: the copy equals the read-write layer ({steps.elapsed():.2f} s)")
+    else:
+        echo(f"DIFFERENT: {len(result.differences)} differences between the layers")
+    try:
+        _image_tour(result, store, temp, work, d.name, options, prefix, keep, echo)
     finally:
         result.seconds = steps.elapsed()
-        if not keep:
-            for layer in reversed(created):
-                with contextlib.suppress(Exception):
-                    d.remove(layer)
-        with contextlib.suppress(Exception):
-            d.cleanup()
         if keep:
-            echo(f"kept: store {store} (layers {', '.join(created)}), files in {work}")
+            echo(
+                f"kept: store {store} (layers {', '.join(created)}; images and containers "
+                f"named {prefix or ''}lamina-demo…), fresh store {temp / 'fresh-store'}, "
+                f"files in {work}"
+            )
         else:
             _remove_quietly(temp)
     if result.match:
-        echo(f"MATCH: the copy equals the read-write layer ({result.seconds:.2f} s in all)")
+        echo(f"MATCH: the layers and the images came back equal ({result.seconds:.2f} s in all)")
     else:
-        echo(f"DIFFERENT: {len(result.differences)} differences ({result.seconds:.2f} s in all)")
+        problems = len(result.differences) + len(result.image_differences)
+        echo(f"DIFFERENT: {problems} differences ({result.seconds:.2f} s in all)")
     return result
+
+
+def _remove_layers(d: drivers.Driver, created: list[str], keep: bool) -> None:
+    if not keep:
+        for layer in reversed(created):
+            with contextlib.suppress(Exception):
+                d.remove(layer)
+    with contextlib.suppress(Exception):
+        d.cleanup()
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _make_image_archive(layer_tar: Path, layer_digest: str, dest: Path, name: str) -> str:
+    """A ``docker save`` archive (Docker 25's blobs/ form) of one layer; returns the image id.
+
+    Built from lamina.oci's documents and Python's tarfile, as any tool
+    that writes the format would: the config names the layer's diff ID,
+    ``manifest.json`` names the config and the layer as blob paths.
+    """
+    from lamina import oci
+
+    created = _now()
+    config = oci.ImageConfig(
+        architecture=oci.host_platform().architecture,
+        os="linux",
+        diff_ids=[layer_digest],
+        created=created,
+        config={"Cmd": ["/bin/sh"], "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]},
+        history=[oci.History(created, "lamina demo: files copied from this machine")],
+    )
+    config_bytes = config.to_bytes()
+    config_digest = oci.digest_of(config_bytes)
+    entry = oci.docker_archive_image(config_digest, [layer_digest], [oci.parse_reference(name)])
+    manifest = oci.docker_archive_manifest([entry])
+
+    def add(tar: tarfile.TarFile, member: str, data: bytes | None, source: Path | None) -> None:
+        info = tarfile.TarInfo(member)
+        info.mode = 0o644
+        info.mtime = int(time.time())
+        if source is not None:
+            info.size = source.stat().st_size
+            with open(source, "rb") as f:
+                tar.addfile(info, f)
+        else:
+            assert data is not None
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+    with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
+        add(tar, oci.blob_path(config_digest), config_bytes, None)
+        add(tar, oci.blob_path(layer_digest), None, layer_tar)
+        add(tar, oci.MANIFEST_FILE, manifest, None)
+    return str(config_digest)
+
+
+def _image_tour(
+    result: DemoResult,
+    root: Path,
+    temp: Path,
+    work: Path,
+    driver: str,
+    options: Mapping[str, str] | None,
+    prefix: str,
+    keep: bool,
+    echo: Echo,
+) -> None:
+    """Part two: the same files as an image, through the store and back."""
+    from lamina.store import Store
+
+    name, committed = f"{prefix}lamina-demo:1", f"{prefix}lamina-demo:2"
+    container = f"{prefix}lamina-demo"
+    fresh_root = temp / "fresh-store"
+    echo(f"lamina demo, images: store {root}, then a fresh store {fresh_root}")
+    steps = _Steps(echo, 7)
+    with Store(root, driver=driver, options=options) as store:
+        made: list[str] = []  # images to remove afterwards, newest first
+        created_container = False
+        try:
+            with steps.step(f"make a `docker save` archive {name!r} of layer.tar") as notes:
+                made_id = _make_image_archive(
+                    work / "layer.tar", result.layer_digest, work / "image.tar", name
+                )
+                notes.append(
+                    f"image.tar: {(work / 'image.tar').stat().st_size:,} bytes, image id {made_id}"
+                )
+
+            with steps.step("load image.tar into the store") as notes:
+                loaded = store.load(work / "image.tar")
+                result.image_id = loaded[0].id
+                made.insert(0, result.image_id)
+                notes.append(f"Loaded image: {name} ({result.image_id})")
+                if result.image_id != made_id:
+                    result.image_differences.append(
+                        f"loaded image id {result.image_id} is not the config digest {made_id}"
+                    )
+
+            with steps.step(f"create container {container!r} from {name!r} and change it"):
+                store.create_container(name, name=container)
+                created_container = True
+                view = store.mount(container)
+                try:
+                    _change_rw_layer(view, work / "rootfs", echo)
+                finally:
+                    store.unmount(container)
+
+            with steps.step(f"diff {container!r} (docker diff format)") as notes:
+                result.image_changes = sorted(store.changes(container))
+                notes.extend(str(c) for c in result.image_changes)
+
+            with steps.step(f"commit {container!r} as {committed!r}") as notes:
+                image = store.commit(container, committed, message="changed by the lamina demo")
+                result.committed_id = image.id
+                made.insert(0, image.id)
+                notes.append(f"{image.id}: {len(image.layers)} layers, {image.size:,} bytes")
+
+            with steps.step(f"save {committed!r} as a docker-archive") as notes:
+                store.save([committed], work / "saved.tar")
+                with open(work / "saved.tar", "rb") as f:
+                    digest = hashlib.file_digest(f, "sha256").hexdigest()
+                result.saved_bytes = (work / "saved.tar").stat().st_size
+                notes.append(f"saved.tar: {result.saved_bytes:,} bytes, sha256:{digest}")
+
+            with steps.step("load saved.tar into a fresh store and compare") as notes:
+                _compare_in_fresh_store(
+                    result, store, container, work / "saved.tar", fresh_root, driver, options, keep
+                )
+                notes.append(f"image id in the fresh store: {result.reloaded_id}")
+                notes.append(
+                    f"{result.image_compared} entries compared between {container!r} and a "
+                    "container of the reloaded image"
+                )
+                notes.extend(result.image_differences)
+        finally:
+            if not keep:
+                if created_container:
+                    with contextlib.suppress(Exception):
+                        store.remove_container(container, force=True)
+                for image_id in made:
+                    with contextlib.suppress(Exception):
+                        store.remove_image(image_id, force=True)
+
+
+def _compare_in_fresh_store(
+    result: DemoResult,
+    store: Store,
+    container: str,
+    saved: Path,
+    fresh_root: Path,
+    driver: str,
+    options: Mapping[str, str] | None,
+    keep: bool,
+) -> None:
+    """Load ``saved`` into a new store; compare its image id and a container's tree."""
+    from lamina.store import Store
+
+    with Store(fresh_root, driver=driver, options=options) as fresh:
+        reloaded = fresh.load(saved)
+        result.reloaded_id = reloaded[0].id
+        if result.reloaded_id != result.committed_id:
+            result.image_differences.append(
+                f"the fresh store's image id {result.reloaded_id} is not {result.committed_id}"
+            )
+        twin = fresh.create_container(reloaded[0], name="reloaded")
+        left = store.mount(container)
+        try:
+            right = fresh.mount(twin)
+            try:
+                result.image_compared, differences = compare_trees(left, right)
+                result.image_differences.extend(differences)
+            finally:
+                fresh.unmount(twin)
+        finally:
+            store.unmount(container)
+            if not keep:
+                with contextlib.suppress(Exception):
+                    fresh.remove_container(twin, force=True)
+                with contextlib.suppress(Exception):
+                    fresh.remove_image(reloaded[0], force=True)

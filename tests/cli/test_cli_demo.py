@@ -50,6 +50,54 @@ def test_demo_on_vfs_matches_and_cleans_up(private_tmp: Path) -> None:
     assert list(private_tmp.iterdir()) == []  # the temporary store is gone
 
 
+def test_demo_image_part_round_trips_through_a_fresh_store(private_tmp: Path) -> None:
+    lines: list[str] = []
+    result = run_demo(driver="vfs", echo=lines.append)
+    assert result.images_match, "\n".join(lines)
+    assert result.image_id.startswith("sha256:") and result.committed_id != result.image_id
+    assert result.reloaded_id == result.committed_id  # same config bytes in the fresh store
+    assert result.image_compared > result.files
+    kinds = {c.path: c.kind for c in result.image_changes}
+    assert kinds["/etc/lamina-demo.conf"] is ChangeKind.ADD
+    assert sum(k is ChangeKind.DELETE for k in kinds.values()) == 1
+    assert result.saved_bytes > 0
+    assert "lamina demo, images: store " in "\n".join(lines)
+    assert list(private_tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("fallback", ["lamina sources", "own files"])
+def test_demo_copes_with_a_host_that_lost_its_files(
+    private_tmp: Path, monkeypatch: pytest.MonkeyPatch, fallback: str
+) -> None:
+    """A host whose /etc was deleted: every source is missing, the demo still matches."""
+    from lamina import _demo
+
+    monkeypatch.setattr(_demo, "_SOURCES", ("etc/no-such-file", "usr/share/no-such-dir"))
+    if fallback == "own files":
+        monkeypatch.setattr(_demo, "_MIN_FILES", 0)  # not even lamina's own sources
+    lines: list[str] = []
+    result = run_demo(driver="vfs", echo=lines.append)
+    assert result.match, "\n".join(lines)
+    text = "\n".join(lines)
+    assert ("/etc/lamina-demo (the demo's own files)" in text) == (fallback == "own files")
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_demo_with_a_root_removes_its_images_and_containers(
+    tmp_path: Path, private_tmp: Path
+) -> None:
+    from lamina.store import Store
+
+    store = tmp_path / "store"
+    assert run_demo(store, "vfs", echo=lambda _: None).match
+    with Store(store, driver="vfs") as s:
+        assert s.images() == [] and s.containers() == []
+    kept = run_demo(store, "vfs", keep=True, echo=lambda _: None)
+    with Store(store, driver="vfs") as s:
+        assert {img.id for img in s.images()} == {kept.image_id, kept.committed_id}
+        assert len(s.containers()) == 1
+
+
 def test_demo_with_a_root_keeps_or_removes_its_layers(tmp_path: Path, private_tmp: Path) -> None:
     store = tmp_path / "store"
     kept = run_demo(store, "vfs", keep=True, echo=lambda _: None)
@@ -70,6 +118,7 @@ def test_lamina_demo_command(private_tmp: Path, args: list[str]) -> None:
     result = CliRunner().invoke(cli, args, prog_name="lamina")
     assert result.exit_code == 0, result.output
     assert "[7/7] compare" in result.stdout
+    assert "[7/7] load saved.tar into a fresh store and compare" in result.stdout
     assert "lamina demo: driver vfs," in result.stdout
     assert "\nMATCH: " in result.stdout
     assert list(private_tmp.iterdir()) == []

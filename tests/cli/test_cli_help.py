@@ -31,8 +31,29 @@ LAYER_COMMANDS = [
     "status",
     "unmount",
 ]
-TOP_LEVEL = ["demo", "drivers", "layer", "windows"]
-# Taken later by the image and container commands: never aliases of layer commands.
+TOP_LEVEL = [
+    "commit",
+    "create",
+    "demo",
+    "diff",
+    "drivers",
+    "export",
+    "images",
+    "inspect",
+    "layer",
+    "load",
+    "mount",
+    "ps",
+    "rm",
+    "rmi",
+    "save",
+    "system",
+    "tag",
+    "unmount",
+    "windows",
+]
+SYSTEM_COMMANDS = ["check", "df", "info", "prune"]
+# The image and container commands took these names: they are not aliases of layer commands.
 RESERVED = ["create", "diff", "mount", "rm", "unmount"]
 
 
@@ -50,8 +71,10 @@ def _layer_group() -> click.Group:
 def _all_command_paths() -> list[list[str]]:
     """["demo"], ..., ["layer"], ["layer", "apply-diff"], ...: every command to ask for help."""
     paths = [[name] for name in _command_names()]
-    group = _layer_group()
-    paths += [["layer", name] for name in group.list_commands(click.Context(group))]
+    for group_name in ("layer", "system"):
+        group = cli.get_command(click.Context(cli), group_name)
+        assert isinstance(group, click.Group)
+        paths += [[group_name, name] for name in group.list_commands(click.Context(group))]
     return paths
 
 
@@ -69,7 +92,13 @@ def test_commands_are_where_design_md_puts_them() -> None:
         assert command.name == name
 
 
-@pytest.mark.parametrize("name", [*RESERVED, "changes", "apply-diff", "status", "cleanup"])
+def test_system_commands() -> None:
+    group = cli.get_command(click.Context(cli), "system")
+    assert isinstance(group, click.Group)
+    assert group.list_commands(click.Context(group)) == SYSTEM_COMMANDS
+
+
+@pytest.mark.parametrize("name", ["changes", "apply-diff", "status", "cleanup"])
 def test_layer_commands_are_not_top_level(name: str, tmp_path: Path) -> None:
     result = CliRunner().invoke(
         cli, ["--root", str(tmp_path), "--driver", "vfs", name, "x"], prog_name="lamina"
@@ -89,7 +118,7 @@ def test_top_level_help_lists_commands_options_and_exit_codes() -> None:
     for command in _command_names():
         assert f"\n  {command} " in text, command
     assert "..." not in text.split("Commands:")[1].split("Exit status")[0]  # no cut summaries
-    for code in range(1, 10):
+    for code in range(1, 13):
         assert f"\n    {code}  " in text
     assert "Example:" in text
     assert "lamina layer create base" in text

@@ -28,8 +28,23 @@ __all__ = ["cli"]
 # when its command runs (or help lists it): a ``lamina layer create`` process
 # never loads the Windows layer tools, the demo or the diff commands.
 _COMMANDS: dict[str, tuple[str, str]] = {
+    "commit": ("lamina.cli._containers", "commit"),
+    "create": ("lamina.cli._containers", "create"),
     "demo": ("lamina.cli._demo_cmd", "demo"),
+    "diff": ("lamina.cli._containers", "diff"),
     "drivers": ("lamina.cli._store", "drivers"),
+    "export": ("lamina.cli._containers", "export"),
+    "images": ("lamina.cli._images", "images"),
+    "inspect": ("lamina.cli._images", "inspect"),
+    "load": ("lamina.cli._images", "load"),
+    "mount": ("lamina.cli._containers", "mount"),
+    "ps": ("lamina.cli._containers", "ps"),
+    "rm": ("lamina.cli._containers", "rm"),
+    "rmi": ("lamina.cli._images", "rmi"),
+    "save": ("lamina.cli._images", "save"),
+    "system": ("lamina.cli._system", "system"),
+    "tag": ("lamina.cli._images", "tag"),
+    "unmount": ("lamina.cli._containers", "unmount"),
     "windows": ("lamina.cli._windows", "windows"),
 }
 
@@ -96,14 +111,23 @@ class _Group(_LazyGroup):
 
 
 _HELP = """\
-Store container image layers with a graph driver (vfs, overlay, windowsfilter).
+Store container images and their layers (drivers vfs, overlay, windowsfilter).
 
-Works at driver level, like Docker's graph drivers and the containers-storage
-tool: layers are named by the ID you give them, and each one starts out
-showing its parent's content. The layer commands live under `lamina layer`.
+Image and container commands work like Docker's and Podman's: load and
+save archives, create a container (a read-write layer) from an image,
+mount it, change files, diff and commit. The graph-driver commands, one
+layer at a time by the ID you give it, live under `lamina layer`.
 
 \b
 Example:
+  lamina load -i debian.tar
+  lamina create debian:12 --name web
+  dir=$(lamina mount web); touch "$dir/hello"; lamina unmount web
+  lamina diff web                           # A /hello
+  lamina commit web myapp:1 && lamina save myapp:1 -o myapp.tar
+
+\b
+The same at layer level:
   lamina layer create base
   lamina layer apply-diff base rootfs.tar.gz
   lamina layer create-rw ctr --parent base

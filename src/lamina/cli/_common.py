@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, BinaryIO, NoReturn
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 import click
 
@@ -42,6 +42,7 @@ __all__ = [
     "exit_with_error",
     "fail",
     "key_value_pairs",
+    "open_store",
     "pass_state",
     "quote_name",
     "refuse_terminal",
@@ -89,6 +90,7 @@ _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (errors.LayerChangedError, EXIT_IN_USE),  # a writer swapped files mid-export: retry
     (errors.ArchiveError, EXIT_BAD_ARCHIVE),
     (errors.AlreadyExistsError, EXIT_ALREADY_EXISTS),
+    (errors.LockTimeoutError, EXIT_IN_USE),  # another process's apply or remove held on
     (errors.InUseError, EXIT_IN_USE),
     (errors.QuotaExceededError, EXIT_NO_RESOURCES),
     (errors.StateError, EXIT_BAD_STATE),
@@ -103,14 +105,15 @@ _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
 EXIT_CODES_HELP = f"""\b
 Exit status:
   0  success (for `layer exists`: the layer exists)
-  {EXIT_ERROR}  other error (for `layer exists`: the layer does not exist)
-  {EXIT_USAGE}  usage error: bad option, argument or layer id
-  {EXIT_NOT_FOUND}  not found: no such layer or file
+  {EXIT_ERROR}  other error (for `layer exists`: the layer does not exist; for
+     `system check`: problems remain)
+  {EXIT_USAGE}  usage error: bad option, argument, id, reference or ambiguous id prefix
+  {EXIT_NOT_FOUND}  not found: no such layer, image, container or file
   {EXIT_NOT_SUPPORTED}  not supported here: driver, kernel feature, storage option, chain depth
-  {EXIT_BAD_ARCHIVE}  invalid or unsafe layer archive
-  {EXIT_ALREADY_EXISTS}  the layer already exists
-  {EXIT_IN_USE}  the layer is in use (mounted, has children, unmounted too often, or
-     changed by a writer while it was exported)
+  {EXIT_BAD_ARCHIVE}  invalid or unsafe layer or image archive
+  {EXIT_ALREADY_EXISTS}  the layer, container name or image already exists
+  {EXIT_IN_USE}  in use: a mounted or parent layer, an image a container uses, or a
+     layer changed by a writer while it was exported
   {EXIT_NO_RESOURCES}  out of resources: disk full, size limit, process or open-file limit
   {EXIT_BAD_STATE}  the store's state is inconsistent: run `lamina layer cleanup`
   {EXIT_INTEGRITY}  bytes do not match their digest (a blob, manifest or stored layer)
@@ -210,6 +213,20 @@ class State:
 
 
 pass_state = click.make_pass_decorator(State)
+
+if TYPE_CHECKING:
+    from lamina.store import Store
+
+
+def open_store(state: State) -> Store:
+    """The image store at ``--root`` with ``--driver`` and ``-o``; use it as a context manager.
+
+    Imported here, on first use, so that the layer commands never load the
+    store (nor SQLite behind it).
+    """
+    from lamina.store import Store
+
+    return Store(state.root, driver=state.driver_name, options=dict(state.options))
 
 
 def key_value_pairs(
