@@ -14,6 +14,8 @@ set -uo pipefail
 PACKAGES=(
   debootstrap pigz zstd           # make the real workload (tests/compat)
   containers-storage umoci skopeo tar-split docker-registry   # peer tools
+  docker.io podman                # tests/interop: a private dockerd (the fixture starts and
+                                  # stops it; the package's own service is not used) and podman
   xfsprogs e2fsprogs attr         # mkfs.xfs/mkfs.ext4 for loop filesystems, getfattr/setfattr
   tar                             # GNU tar, the reference extractor
   golang-go                       # compiles a Go archive/tar probe: windowsfilter byte-compatibility
