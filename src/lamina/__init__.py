@@ -17,10 +17,21 @@ from lamina._lazy import lazy_names
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (and re) at start-up
 if TYPE_CHECKING:
-    from lamina import archive, drivers, errors, oci
+    from lamina import archive, drivers, errors, oci, store
     from lamina._change import Change, ChangeKind
+    from lamina.store import Store
 
-__all__ = ["Change", "ChangeKind", "__version__", "archive", "drivers", "errors", "oci"]
+__all__ = [
+    "Change",
+    "ChangeKind",
+    "Store",
+    "__version__",
+    "archive",
+    "drivers",
+    "errors",
+    "oci",
+    "store",
+]
 
 __version__ = "0.1.0"
 
@@ -32,6 +43,8 @@ _LAZY = {
     "drivers": "lamina.drivers",
     "errors": "lamina.errors",
     "oci": "lamina.oci",
+    "Store": "lamina.store._store",
+    "store": "lamina.store",
 }
 
 

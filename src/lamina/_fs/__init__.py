@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         write_file_atomic,
     )
     from lamina._fs._copy import CopyStats, copy_tree
+    from lamina._fs._lockfile import file_lock, publish_file
     from lamina._fs._mount import (
         MNT_DETACH,
         MountInfo,
@@ -65,10 +66,12 @@ __all__ = [
     "Mounter",
     "copy_tree",
     "exchange_dirs",
+    "file_lock",
     "grow_image",
     "grow_mounted_image",
     "made_by_other_live_process",
     "make_staging_dir",
+    "publish_file",
     "remove_tree",
     "rename_noreplace",
     "retire_dir",
@@ -120,6 +123,8 @@ _LAZY = {
     "write_file_atomic": "lamina._fs._atomic",
     "CopyStats": "lamina._fs._copy",
     "copy_tree": "lamina._fs._copy",
+    "file_lock": "lamina._fs._lockfile",
+    "publish_file": "lamina._fs._lockfile",
     "MNT_DETACH": "lamina._fs._mount",
     "MountInfo": "lamina._fs._mount",
     "is_mountpoint": "lamina._fs._mount",

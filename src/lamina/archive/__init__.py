@@ -24,12 +24,14 @@ if TYPE_CHECKING:
     from lamina.archive._idmap import IDMap, IDRange
     from lamina.archive._overlay_changes import overlay_changes, upper_size
     from lamina.archive._paths import clean_entry_name, open_beneath
+    from lamina.archive._tarsplit import TarSplitChecksum, join_tar, split_tar
     from lamina.archive._whiteout import (
         OPAQUE_MARKER,
         OVERLAY_OPAQUE_XATTR,
         WHITEOUT_PREFIX,
         WhiteoutFormat,
     )
+    from lamina.archive._wintar_reader import RawHeader, RawTarReader
 
 __all__ = [
     "OPAQUE_MARKER",
@@ -41,6 +43,9 @@ __all__ = [
     "Compression",
     "IDMap",
     "IDRange",
+    "RawHeader",
+    "RawTarReader",
+    "TarSplitChecksum",
     "WhiteoutFormat",
     "apply_layer",
     "changes",
@@ -50,8 +55,10 @@ __all__ = [
     "detect_compression",
     "export_changes",
     "export_tree",
+    "join_tar",
     "open_beneath",
     "overlay_changes",
+    "split_tar",
     "upper_size",
 ]
 
@@ -74,6 +81,11 @@ _LAZY = {
     "upper_size": "lamina.archive._overlay_changes",
     "clean_entry_name": "lamina.archive._paths",
     "open_beneath": "lamina.archive._paths",
+    "TarSplitChecksum": "lamina.archive._tarsplit",
+    "join_tar": "lamina.archive._tarsplit",
+    "split_tar": "lamina.archive._tarsplit",
+    "RawHeader": "lamina.archive._wintar_reader",
+    "RawTarReader": "lamina.archive._wintar_reader",
     "OPAQUE_MARKER": "lamina.archive._whiteout",
     "OVERLAY_OPAQUE_XATTR": "lamina.archive._whiteout",
     "WHITEOUT_PREFIX": "lamina.archive._whiteout",

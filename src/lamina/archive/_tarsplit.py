@@ -46,8 +46,10 @@ __all__ = [
     "crc64_iso",
     "disassemble",
     "dump_record",
+    "join_tar",
     "load_record",
     "read_records",
+    "split_tar",
     "write_records",
 ]
 
@@ -318,3 +320,33 @@ def assemble(records: Iterable[Record], getter: BodyGetter, out: BinaryIO) -> in
             raise StateError(f"file integrity checksum failed for {name!r}")
         written += record.size
     return written
+
+
+# -- the two calls the image store needs (through the archive face) ---------------
+
+
+def split_tar(stream: BinaryIO, out: BinaryIO, *, checksum: Checksum = Checksum.SHA256) -> int:
+    """Read the tar ``stream`` to its end, writing its tar-split records to ``out``.
+
+    Returns the number of bytes read.  SHA-256 file checksums by default:
+    tar-split's CRC-64 in pure Python would be the slowest step of storing
+    a layer; pass ``Checksum.CRC64`` where ``tar-split asm`` must read the
+    result.
+    """
+
+    def sink(record: Record) -> None:
+        out.write(dump_record(record))
+
+    return disassemble(stream, Packer(sink), checksum=checksum)
+
+
+def join_tar(records: BinaryIO, getter: BodyGetter, out: BinaryIO) -> int:
+    """Rebuild the original tar from tar-split ``records`` and bodies from ``getter``.
+
+    Returns the bytes written; a body that no longer matches its record is
+    :class:`~lamina.errors.StateError`.
+    """
+    return assemble(read_records(records), getter, out)
+
+
+TarSplitChecksum = Checksum  # the name the archive face gives it
