@@ -273,9 +273,10 @@ class Docker:
         containers = self("ps", "-aq").split()
         if containers:
             self("rm", "-f", *containers)
-        images = sorted(set(self("images", "-aq", "--no-trunc").split()))
-        if images:
-            self("rmi", "-f", *images)
+        # prune, not rmi: rmi refuses a parent image (docker build's) with children
+        self("image", "prune", "--all", "--force")
+        left = self("images", "-aq")
+        assert not left.split(), f"docker still holds images after a prune: {left}"
 
     def export_tree(self, ref: str, dest: Path) -> Path:
         """`docker create` (no run) a container of ``ref`` and extract its `docker export`."""

@@ -189,7 +189,12 @@ def test_commit_loads_in_docker_with_the_same_files(
         os.link(root / "added-dir" / "sub" / "h1", root / "added-dir" / "h2")
         os.symlink("../etc/config", root / "added-dir" / "cfg")
         os.setxattr(root / "added-dir" / "sub" / "h1", "user.lamina.commit", b"yes")
-        os.setxattr(root / "added-dir" / "sub" / "h1", "security.capability", CAP)
+        # a capability on a file without hardlinks: Docker's extractor lchowns every
+        # hardlink entry after linking it, and a chown makes the kernel drop
+        # security.capability from the shared inode (lamina keeps it)
+        (root / "added-dir" / "cap-bin").write_bytes(b"\x7fELF pretend\n")
+        os.chmod(root / "added-dir" / "cap-bin", 0o755)
+        os.setxattr(root / "added-dir" / "cap-bin", "security.capability", CAP)
         (root / "etc" / "config").write_bytes(b"version=3 from a lamina commit\n")
         os.chmod(root / "bin" / "sgid", 0o755)  # mode-only change
         (root / "etc" / "absolute").unlink()  # a deleted symlink
@@ -230,7 +235,7 @@ def test_commit_loads_in_docker_with_the_same_files(
     assert (tree / "added.txt").stat().st_uid == 1000
     assert (tree / "added-dir" / "sub" / "h1").samefile(tree / "added-dir" / "h2")
     assert (tree / "etc" / "config").read_bytes() == b"version=3 from a lamina commit\n"
-    assert os.getxattr(tree / "added-dir" / "sub" / "h1", "security.capability") == CAP
+    assert os.getxattr(tree / "added-dir" / "cap-bin", "security.capability") == CAP
     assert (tree / "bin" / "sgid").stat().st_mode & 0o7777 == 0o755
     for gone in ("etc/absolute", "opt/données", "srv/shared/new.txt"):
         assert not os.path.lexists(tree / gone), gone
