@@ -24,6 +24,7 @@ from pathlib import Path
 import _images
 import pytest
 from _peers import BENCH_WORK, Docker, DockerImage, compare_trees, docker_save_layers, lamina_tree
+
 from lamina.store import Store
 
 pytestmark = [pytest.mark.differential, pytest.mark.interop, pytest.mark.root]
