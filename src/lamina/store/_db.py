@@ -346,6 +346,19 @@ class Database:
                     continue
                 c.execute("DELETE FROM layers WHERE chain_id = ?", (chain,))
                 dropped.append(f"{row['driver']}/{row['driver_id']}/{chain}")
+                digest = row["digest"]
+                shared = (
+                    digest is None
+                    or c.execute(
+                        "SELECT 1 FROM layers WHERE digest = ? LIMIT 1", (digest,)
+                    ).fetchone()
+                    is not None
+                )
+                if (
+                    not shared
+                    and c.execute("DELETE FROM blobs WHERE digest = ?", (digest,)).rowcount
+                ):
+                    dropped.append(f"blob//{digest}")
             if not dropped:
                 return None
             cur = c.execute(

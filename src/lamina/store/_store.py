@@ -132,10 +132,12 @@ class Store:
     # -- context manager ------------------------------------------------------------
 
     def close(self) -> None:
-        """Release this process's in-process views and the database connection."""
-        for driver in self._drivers.values():
-            with contextlib.suppress(Exception):
-                driver.cleanup()
+        """Close the database connection.
+
+        The drivers are left alone: ``driver.cleanup()`` would also take down
+        ``mount()`` views, which outlive this process by design (another
+        process, or a later ``unmount``, releases them).
+        """
         self._db.close()
 
     def __enter__(self) -> Self:
@@ -252,13 +254,16 @@ class Store:
         entries = [] if row is None else str(row[0]).splitlines()
         self._finish_layer_removal(entries)
         self._db.end_intent(intent)
-        return [entry.split("/", 2)[2] for entry in entries]
+        return [e.split("/", 2)[2] for e in entries if not e.startswith("blob/")]
 
     def _finish_layer_removal(self, entries: list[str]) -> None:
         from lamina.store._layers import tar_split_path
 
         for entry in entries:
             driver_name, driver_id, chain = entry.split("/", 2)
+            if driver_name == "blob":
+                self._blobs.remove(chain)
+                continue
             with contextlib.suppress(NotFoundError):
                 self._driver_named(driver_name).remove(driver_id)
             tar_split_path(self.root, chain).unlink(missing_ok=True)

@@ -472,6 +472,10 @@ def _load_tar(store: Store, stream: BinaryIO) -> list[Image]:
                 spooled[name] = ("tmp", digest, size, temp.path)
         if not seen_any:
             raise InvalidArchiveError("not an image archive: an empty tar")
+        if not reader.saw_end_marker:
+            raise InvalidArchiveError(
+                "truncated archive: it ends without the end-of-archive blocks"
+            )
         plans = _plans(docs, final=True)
         assert plans is not None
 

@@ -1,0 +1,111 @@
+"""Several processes, and kill -9: each layer stored once, every image complete or absent."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from _images import layer_tar, oci_layout
+
+from lamina import Store
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+LOAD = """
+import sys
+from lamina import Store
+with Store(sys.argv[1], driver=sys.argv[2]) as s:
+    images = s.load(sys.argv[3])
+    print(" ".join(i.id for i in images))
+"""
+
+
+def big_layers(count: int, size: int, seed: int = 1) -> list[bytes]:
+    rng = random.Random(seed)
+    return [
+        layer_tar({f"l{i}": None, f"l{i}/blob": rng.randbytes(size), f"l{i}/small": b"x"})
+        for i in range(count)
+    ]
+
+
+def start_load(root: Path, layout: Path, driver: str = "vfs") -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=SRC)
+    return subprocess.Popen(
+        [sys.executable, "-c", LOAD, str(root), driver, str(layout)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def driver_layer_dirs(root: Path) -> list[str]:
+    home = root / "vfs" / "dir"
+    return sorted(p.name for p in home.iterdir()) if home.exists() else []
+
+
+def test_two_processes_load_one_image_each_layer_once(tmp_path: Path) -> None:
+    built = oci_layout(tmp_path / "layout", [("both:1", big_layers(4, 2 << 20))], compress=False)
+    root = tmp_path / "store"
+    with Store(root, driver="vfs"):
+        pass  # create the database before the race (as the first command on a host does)
+    procs = [start_load(root, tmp_path / "layout") for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err
+        assert out.split() == built.ids
+    with Store(root) as s:
+        assert [i.id for i in s.images()] == built.ids
+        assert len(s.layers()) == 4
+        assert len(driver_layer_dirs(root)) == 4
+        report = s.check()
+        assert report.ok, report.problems
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.2, 0.5, 1.0])
+def test_kill_9_during_load_then_reopen(tmp_path: Path, delay: float) -> None:
+    oci_layout(tmp_path / "layout", [("crash:1", big_layers(6, 3 << 20))], compress=True)
+    root = tmp_path / "store"
+    with Store(root, driver="vfs"):
+        pass
+    proc = start_load(root, tmp_path / "layout")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:  # wait for the load's intent
+        try:
+            with sqlite3.connect(root / "store.db", timeout=5) as conn:
+                if conn.execute("SELECT count(*) FROM intents").fetchone()[0]:
+                    break
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.005)
+    time.sleep(delay)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    with Store(root) as s:  # never raises on leftovers
+        images = s.images()
+        for image in images:  # complete or absent
+            have = {layer.chain_id for layer in s.layers()}
+            assert set(image.layers) <= have
+            assert len(image.layers) == 6
+        report = s.check()
+        assert report.ok, report.problems
+        for image in images:
+            s.remove_image(image)
+        s.gc()
+        assert s.images() == [] and s.layers() == []
+        assert driver_layer_dirs(root) == []
+        blobs = root / "blobs" / "sha256"
+        assert not blobs.exists() or list(blobs.iterdir()) == []
+        tmp = root / "tmp"
+        assert not tmp.exists() or list(tmp.iterdir()) == []
+        splits = root / "tar-split"
+        assert not splits.exists() or list(splits.iterdir()) == []
+        assert s._db.intents() == []
