@@ -1,6 +1,6 @@
 """Fixtures for the interop tests: real peers on private state, images made from files.
 
-* ``dockerd``: a private Docker daemon for the session (see ``_peers``): a fresh
+* ``dockerd``: a private Docker daemon for the session (see ``_interop_peers``): a fresh
   ext4 image on its own loop device as ``data-root``, a private ``daemon.json``
   (``"iptables": false``, ``"ip6tables": false``, ``"bridge": "none"``, a
   storage driver that works here: overlay2, else vfs), its own unix socket,
@@ -12,7 +12,7 @@
 * ``docker_images(name)``: an image Docker holds, with its ``docker save`` and
   ``skopeo copy docker-daemon: docker-archive:`` archives and its ``docker
   export`` tree, made once per session: ``crafted`` (two layers built from bytes
-  by ``_images``), ``built`` (``crafted`` plus a layer Docker's own builder
+  by ``_interop_images``), ``built`` (``crafted`` plus a layer Docker's own builder
   made with COPY, no network) and ``debian`` (the real workload's two Debian
   layers, via ``skopeo copy oci:``; needs ``scripts/ci-workload.sh``).
 * ``new_store()``: a fresh ``lamina.Store`` on the scratch ext4.
@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import _images
-import _peers
+import _interop_images
+import _interop_peers
 import pytest
-from _peers import BENCH_WORK, Docker, DockerImage, Podman, Skopeo, run
+from _interop_peers import BENCH_WORK, Docker, DockerImage, Podman, Skopeo, run
 
 if TYPE_CHECKING:
     from lamina.store import Store
@@ -145,7 +145,7 @@ def dockerd(interop_base: Path) -> Iterator[Docker]:
     _require_root()
     if shutil.which("dockerd") is None:
         pytest.skip("dockerd is not installed (Debian package docker.io; scripts/ci-apt.sh)")
-    client = _peers.docker_client()
+    client = _interop_peers.docker_client()
     if client is None:
         pytest.skip("no docker client (Debian package docker.io)")
     base = interop_base / "dockerd"
@@ -159,7 +159,7 @@ def dockerd(interop_base: Path) -> Iterator[Docker]:
     started = None
     for driver in ("overlay2", "vfs"):
         try:
-            proc, sock, version = _peers.start_dockerd(
+            proc, sock, version = _interop_peers.start_dockerd(
                 base, fs.mnt / f"docker-{driver}", driver, env
             )
         except RuntimeError as exc:
@@ -176,7 +176,7 @@ def dockerd(interop_base: Path) -> Iterator[Docker]:
     try:
         yield Docker(client, sock, env, proc.pid, driver, version, work)
     finally:
-        _peers.stop_dockerd(proc, base)
+        _interop_peers.stop_dockerd(proc, base)
         _unmount_below(base / "exec")
         fs.close()
 
@@ -185,7 +185,7 @@ def dockerd(interop_base: Path) -> Iterator[Docker]:
 def containers_env(interop_base: Path) -> dict[str, str]:
     base = interop_base / "containers-conf"
     base.mkdir()
-    return _peers.private_containers_env(base)
+    return _interop_peers.private_containers_env(base)
 
 
 @pytest.fixture(scope="session")
@@ -229,7 +229,7 @@ def podman(
         p = Podman(binary, root, runroot, driver, env, "")
         try:
             got = p("info", "--format", "{{.Store.GraphDriverName}} {{.Version.Version}}").split()
-        except _peers.PeerError as exc:
+        except _interop_peers.PeerError as exc:
             reasons.append(f"{driver}: {exc}")
             continue
         p.version = got[-1]
@@ -260,7 +260,7 @@ def _build_context(base: Path) -> Path:
     os.symlink("sub/file.txt", ctx / "added" / "link")
     (ctx / "owned.txt").write_text("chowned\n")
     for i, p in enumerate(sorted(ctx.rglob("*"))):
-        os.utime(p, (_images.T0 + 7 * i, _images.T0 + 7 * i), follow_symlinks=False)
+        os.utime(p, (_interop_images.T0 + 7 * i, _interop_images.T0 + 7 * i), follow_symlinks=False)
     (ctx / "Dockerfile").write_text(
         "FROM lamina-test/crafted:1\n"
         "COPY added/ /added/\n"
@@ -277,7 +277,7 @@ def docker_images(
     base = dockerd.base / "images"
     base.mkdir()
     ours = base / "crafted-ours.tar"
-    built = _images.write_docker_archive(ours, "lamina-test/crafted:1")
+    built = _interop_images.write_docker_archive(ours, "lamina-test/crafted:1")
 
     def skopeo_or_none() -> Skopeo | None:
         try:
@@ -327,7 +327,7 @@ def docker_images(
 
         cache[name] = DockerImage(
             name, ref, image_id, json.loads(diff_ids), saved, sk_saved, tree,
-            _peers.docker_save_layers(saved),
+            _interop_peers.docker_save_layers(saved),
         )  # fmt: skip
         return cache[name]
 

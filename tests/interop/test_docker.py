@@ -23,15 +23,22 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import _images
+import _interop_images
 import pytest
-from _peers import BENCH_WORK, Docker, DockerImage, compare_trees, docker_save_layers, lamina_tree
+from _interop_peers import (
+    BENCH_WORK,
+    Docker,
+    DockerImage,
+    compare_trees,
+    docker_save_layers,
+    lamina_tree,
+)
 
 from lamina.store import Store
 
 pytestmark = [pytest.mark.differential, pytest.mark.interop, pytest.mark.root]
 
-CAP = _images.CAP_NET_RAW_EP
+CAP = _interop_images.CAP_NET_RAW_EP
 NAMES = ["crafted", "built", pytest.param("debian", marks=pytest.mark.workload)]
 
 Images = Callable[[str], DockerImage]
@@ -94,7 +101,7 @@ def test_crafted_layers_survive_docker_byte_for_byte(docker_images: Images) -> N
     """Docker's own save reproduces our original layer tars (its tar-split), so the
     layer_diff checks above also compare with the bytes first written."""
     di = docker_images("crafted")
-    assert list(di.layer_tars.values()) == _images.layers()
+    assert list(di.layer_tars.values()) == _interop_images.layers()
 
 
 def _one_image_layout(src: Path, ref_name: str, dest: Path) -> Path:

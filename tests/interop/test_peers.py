@@ -9,9 +9,9 @@ import os
 import stat
 from collections.abc import Callable
 
-import _images
+import _interop_images
 import pytest
-from _peers import Docker, DockerImage, Podman
+from _interop_peers import Docker, DockerImage, Podman
 
 pytestmark = [pytest.mark.interop, pytest.mark.root]
 
@@ -43,7 +43,7 @@ def test_crafted_image_carries_every_corner(docker_images: Callable[[str], Docke
     assert mode("srv/shared") == 0o2775
     assert (t / "bin/tool").samefile(t / "bin/tool-hardlink")
     assert (t / "opt/app/data.bin").samefile(t / "srv/shared/data-hardlink")
-    assert os.getxattr(t / "bin/ping", "security.capability") == _images.CAP_NET_RAW_EP
+    assert os.getxattr(t / "bin/ping", "security.capability") == _interop_images.CAP_NET_RAW_EP
     # user.* xattrs are in Docker's layers (docker save replays them byte for byte,
     # test_docker checks) but `docker export` writes only security.capability
     assert os.lstat(t / "home/user/.profile").st_uid == 1000
@@ -54,7 +54,7 @@ def test_crafted_image_carries_every_corner(docker_images: Callable[[str], Docke
     assert not os.path.lexists(t / "data/gone-dir")
     assert sorted(os.listdir(t / "data/opaque")) == ["new"]
     assert (t / "etc/config").read_bytes() == b"version=2\n"
-    assert os.lstat(t / "opt/app").st_mtime < _images.T0 + 10**6  # the tar's time, not now
+    assert os.lstat(t / "opt/app").st_mtime < _interop_images.T0 + 10**6  # the tar's time, not now
     long = [p for p in t.joinpath("opt/app").rglob("*.txt")]
     assert len(long) == 1 and len(str(long[0].relative_to(t))) > 100
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from _peers import DockerImage, Podman, Skopeo, compare_trees, lamina_tree
+from _interop_peers import DockerImage, Podman, Skopeo, compare_trees, lamina_tree
 
 from lamina.store import Store
 

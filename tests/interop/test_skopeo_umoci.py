@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from _peers import DockerImage, Skopeo, compare_trees, lamina_tree, oci_ref_name, run
+from _interop_peers import DockerImage, Skopeo, compare_trees, lamina_tree, oci_ref_name, run
 
 from lamina.store import Store
 
