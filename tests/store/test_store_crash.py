@@ -109,3 +109,30 @@ def test_kill_9_during_load_then_reopen(tmp_path: Path, delay: float) -> None:
         splits = root / "tar-split"
         assert not splits.exists() or list(splits.iterdir()) == []
         assert s._db.intents() == []
+
+
+def test_recovery_leaves_a_chain_alone_while_a_live_process_stores_it(tmp_path: Path) -> None:
+    """A dead writer's intent for a chain that a live process is storing again is kept."""
+    from lamina._fs import file_lock
+
+    oci_layout(tmp_path / "layout", [("x:1", [layer_tar({"a": b"1"})])])
+    root = tmp_path / "store"
+    with Store(root, driver="vfs") as s:
+        (image,) = s.load(tmp_path / "layout")
+        chain = image.layers[0]
+        s.driver.create("e" * 64)
+        with s._db.tx() as c:  # what a writer killed by kill -9 leaves
+            c.execute(
+                "INSERT INTO intents (operation, subject, pid, started, detail)"
+                " VALUES ('store-layer', ?, 999999999, 0, ?)",
+                ("sha256:" + "e" * 64, "vfs/" + "e" * 64),
+            )
+        del chain
+    # "a live process stores it": it holds the chain's lock
+    with file_lock(root / "locks" / ("e" * 64 + ".lock")), Store(root) as s:
+        assert s.driver.exists("e" * 64)
+        assert len(s._db.intents()) == 1
+    with Store(root) as s:  # the lock is free: the leftover goes
+        assert not s.driver.exists("e" * 64)
+        assert s._db.intents() == []
+        assert s.check().ok

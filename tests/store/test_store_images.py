@@ -232,3 +232,34 @@ def test_container_names_are_unique(tmp_path: Path) -> None:
         assert len(s.containers()) == 1
         with pytest.raises(NotFoundError):
             s.container("two")
+
+
+def test_a_mounted_container_is_removed_only_with_force(tmp_path: Path, driver_name: str) -> None:
+    with Store(tmp_path / "s", driver=driver_name) as s:
+        image = load_demo(s, tmp_path)
+        c = s.create_container(image)  # type: ignore[arg-type]
+        s.mount(c)
+        s.mount(c)
+        with pytest.raises(InUseError):
+            s.remove_container(c)
+        assert s.containers() == [c]
+        s.remove_container(c, force=True)
+        assert s.containers() == []
+        assert s.check().ok
+
+
+def test_image_by_digest_reference(tmp_path: Path) -> None:
+    with Store(tmp_path / "s", driver="vfs") as s:
+        image = load_demo(s, tmp_path)
+        assert s.image(f"demo@{image.digest}") == image  # type: ignore[attr-defined]
+
+
+def test_layer_lock_times_out_with_a_typed_error(tmp_path: Path) -> None:
+    from lamina._fs import file_lock
+
+    lock = tmp_path / "x.lock"
+    # a second open file is a second holder
+    with file_lock(lock), pytest.raises(InUseError), file_lock(lock, timeout=0.1):
+        pass
+    with file_lock(lock, timeout=0.1):  # released with the first holder
+        pass

@@ -134,9 +134,24 @@ def test_legacy_docker_save_from_a_pipe(tmp_path: Path, keep: bool) -> None:
         assert kept == expected
 
 
-def test_our_archives_load_in_one_pass_without_spooling(tmp_path: Path) -> None:
+def test_our_archives_load_in_one_pass_without_spooling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """save puts documents first, so a load from a pipe applies every layer straight away."""
-    oci_layout(tmp_path / "layout", [("demo", base_layers())])
+    from lamina.store import _transfer
+
+    direct: list[str] = []
+    real = _transfer._apply_direct
+
+    def counting(store: Store, plans: list, member: str, *args: object) -> bool:  # type: ignore[type-arg]
+        applied = real(store, plans, member, *args)  # type: ignore[arg-type]
+        if applied:
+            direct.append(member)
+        return applied
+
+    monkeypatch.setattr(_transfer, "_apply_direct", counting)
+    big = [layer_tar({"a": os.urandom(1 << 21)}), layer_tar({"b": os.urandom(1 << 21)})]
+    oci_layout(tmp_path / "layout", [("demo", big)])
     with Store(tmp_path / "a", driver="vfs") as a:
         (image,) = a.load(tmp_path / "layout")
         out = io.BytesIO()
@@ -144,6 +159,7 @@ def test_our_archives_load_in_one_pass_without_spooling(tmp_path: Path) -> None:
     with Store(tmp_path / "b", driver="vfs", keep_blobs=False) as b:
         (again,) = b.load(pipe_of(out.getvalue()))
         assert again.id == image.id
+        assert len(direct) == 2  # both layers applied from the stream, none spooled
         assert not (tmp_path / "b" / "blobs").exists() or not any(
             (tmp_path / "b" / "blobs").rglob("*/*")
         )

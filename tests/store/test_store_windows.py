@@ -10,7 +10,7 @@ from _images import oci_layout
 from lamina import Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "drivers"))
-from test_windowsfilter_fixtures import base_layer, go_layer  # noqa: E402
+from test_windowsfilter_fixtures import base_layer, go_layer
 
 
 def test_windows_image_lives_in_windowsfilter_beside_linux_images(tmp_path: Path) -> None:

@@ -29,11 +29,18 @@ def sub_layout(name: str, ref: str, dest: Path) -> Path:
         why = marker.read_text().strip() if marker.exists() else "not built"
         pytest.skip(f"real workload layout {root} unavailable ({why}); run scripts/ci-workload.sh")
     index = json.loads((root / "index.json").read_text())
-    (entry,) = [m for m in index["manifests"]
-                if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == ref]
+    (entry,) = [
+        m
+        for m in index["manifests"]
+        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == ref
+    ]
     blobs = root / "blobs" / "sha256"
     manifest = json.loads((blobs / entry["digest"][7:]).read_bytes())
-    needed = [entry["digest"], manifest["config"]["digest"], *(x["digest"] for x in manifest["layers"])]
+    needed = [
+        entry["digest"],
+        manifest["config"]["digest"],
+        *(x["digest"] for x in manifest["layers"]),
+    ]
     (dest / "blobs" / "sha256").mkdir(parents=True)
     for digest in needed:
         target = dest / "blobs" / "sha256" / digest[7:]

@@ -130,6 +130,10 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX leases_chain ON leases(chain_id);
     """,
+    # 2: how many mount() holds a container has (remove_container refuses while > 0)
+    """
+    ALTER TABLE containers ADD COLUMN mounts INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 
@@ -521,8 +525,8 @@ class Database:
     def add_container(self, row: dict[str, object], intent: int) -> None:
         with self.tx() as c:
             c.execute(
-                "INSERT INTO containers VALUES (:id, :name, :image_id, :layer_id, :driver,"
-                " :parent, :created)",
+                "INSERT INTO containers (id, name, image_id, layer_id, driver, parent, created)"
+                " VALUES (:id, :name, :image_id, :layer_id, :driver, :parent, :created)",
                 row,
             )
             c.execute("DELETE FROM intents WHERE id = ?", (intent,))
@@ -539,6 +543,23 @@ class Database:
             if len(rows) == 1:
                 return rows[0]
         return row
+
+    def count_mount(self, container_id: str, delta: int) -> None:
+        with self.tx() as c:
+            c.execute(
+                "UPDATE containers SET mounts = max(0, mounts + ?) WHERE id = ?",
+                (delta, container_id),
+            )
+
+    def restore_container(self, row: sqlite3.Row, intent: int) -> None:
+        """Undo :meth:`remove_container` (the driver refused to remove the layer)."""
+        with self.tx() as c:
+            c.execute(
+                "INSERT INTO containers (id, name, image_id, layer_id, driver, parent, created,"
+                " mounts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                tuple(row),
+            )
+            c.execute("DELETE FROM intents WHERE id = ?", (intent,))
 
     def remove_container(self, container_id: str) -> int:
         """Delete the row and record the driver removal still to do; returns the intent."""

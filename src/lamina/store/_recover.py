@@ -41,6 +41,23 @@ def recover(store: Store) -> None:
     released_leases = False
     for intent in dead:
         try:
+            if intent["operation"] == "store-layer":
+                # a live process may be storing the same chain again right now: its lock
+                # says so, and then this leftover is left for a later open
+                from lamina._fs import file_lock
+                from lamina.errors import InUseError
+
+                (store.root / "locks").mkdir(mode=0o700, exist_ok=True)
+                lock = store.root / "locks" / f"{str(intent['subject'])[7:]}.lock"
+                try:
+                    with file_lock(lock, timeout=0):
+                        _recover_one(
+                            store, "store-layer", str(intent["subject"]), str(intent["detail"])
+                        )
+                        store._db.end_intent(int(intent["id"]))
+                except InUseError:
+                    pass
+                continue
             _recover_one(store, intent["operation"], str(intent["subject"]), str(intent["detail"]))
             if intent["operation"] == "load":
                 released_leases = True

@@ -18,7 +18,9 @@ from pathlib import Path
 from lamina._ids import Digest, digest_of
 from lamina.errors import (
     AlreadyExistsError,
+    InUseError,
     InvalidArgumentError,
+    LaminaError,
     NotFoundError,
     StateError,
 )
@@ -196,6 +198,12 @@ class Store:
             found = self._db.image_by_name(name)
             if found is not None:
                 return found
+            if "@" in name:  # name@sha256:… names the image with that manifest digest
+                rows = self._db.query(
+                    "SELECT id FROM images WHERE digest = ?", (name.rpartition("@")[2],)
+                )
+                if rows:
+                    return str(rows[0][0])
         if candidates:
             return candidates[0]
         raise NotFoundError(f"no image {text!r} in the store")
@@ -397,12 +405,18 @@ class Store:
 
     def mount(self, c: Container | str) -> Path:
         """The container's root filesystem; counted across processes (see ``unmount``)."""
-        driver, layer_id, _ = self._container_driver(self._container_row(c))
-        return driver.mount(layer_id)
+        row = self._container_row(c)
+        driver, layer_id, _ = self._container_driver(row)
+        path = driver.mount(layer_id)
+        self._db.count_mount(str(row["id"]), +1)
+        return path
 
     def unmount(self, c: Container | str) -> None:
-        driver, layer_id, _ = self._container_driver(self._container_row(c))
+        """Release one ``mount`` (from any process); the view goes at the last one."""
+        row = self._container_row(c)
+        driver, layer_id, _ = self._container_driver(row)
         driver.unmount(layer_id)
+        self._db.count_mount(str(row["id"]), -1)
 
     def changes(self, c: Container | str) -> list[Change]:
         driver, layer_id, parent = self._container_driver(self._container_row(c))
@@ -421,19 +435,25 @@ class Store:
                 _copy(tar, dest)
 
     def remove_container(self, c: Container | str, force: bool = False) -> None:
-        """Remove a container and its read-write layer (``force``: even while mounted)."""
+        """Remove a container and its read-write layer.
+
+        A mounted container is :class:`InUseError` unless ``force``, which
+        releases its mounts first.
+        """
         row = self._container_row(c)
         driver, layer_id, _ = self._container_driver(row)
-        if not force:
-            with contextlib.suppress(Exception):
-                meta = driver.get_metadata(layer_id)
-                del meta
+        mounts = int(row["mounts"])
+        if mounts and not force:
+            raise InUseError(f"container {row['name']} is mounted ({mounts}); unmount it first")
+        for _ in range(mounts):
+            with contextlib.suppress(LaminaError):
+                driver.unmount(layer_id)
         intent = self._db.remove_container(str(row["id"]))
-        if force:
-            with contextlib.suppress(Exception):
-                while True:
-                    driver.unmount(layer_id)
-        driver.remove(layer_id)
+        try:
+            driver.remove(layer_id)
+        except InUseError:
+            self._db.restore_container(row, intent)
+            raise
         self._db.end_intent(intent)
 
     def commit(
