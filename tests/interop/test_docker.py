@@ -235,7 +235,7 @@ def test_commit_loads_in_docker_with_the_same_files(
         os.setxattr(root / "added-dir" / "cap-bin", "security.capability", CAP)
         (root / "etc" / "config").write_bytes(b"version=3 from a lamina commit\n")
         os.chmod(root / "bin" / "sgid", 0o755)  # mode-only change
-        (root / "etc" / "absolute").unlink()  # a deleted symlink
+        (root / "etc" / "dangling").unlink()  # a deleted (relative, in-tree) symlink
         (root / "opt" / "données" / "été ☀.txt").unlink()
         (root / "opt" / "données").rmdir()  # a deleted directory
         (root / "srv" / "shared" / "new.txt").unlink()  # a deleted file of the upper layer
@@ -247,7 +247,7 @@ def test_commit_loads_in_docker_with_the_same_files(
         "A /added-dir",
         "C /etc/config",
         "C /bin/sgid",
-        "D /etc/absolute",
+        "D /etc/dangling",
         "D /opt/données",
         "D /srv/shared/new.txt",
     ):
@@ -275,9 +275,9 @@ def test_commit_loads_in_docker_with_the_same_files(
     assert (tree / "etc" / "config").read_bytes() == b"version=3 from a lamina commit\n"
     assert os.getxattr(tree / "added-dir" / "cap-bin", "security.capability") == CAP
     assert (tree / "bin" / "sgid").stat().st_mode & 0o7777 == 0o755
-    for gone in ("etc/absolute", "opt/données", "srv/shared/new.txt"):
+    for gone in ("etc/dangling", "opt/données", "srv/shared/new.txt"):
         assert not os.path.lexists(tree / gone), gone
-    assert (tree / "etc" / "dangling").is_symlink()  # a neighbour that was not deleted
+    assert (tree / "etc" / "absolute").is_symlink()  # a neighbour that was not deleted
 
     res = compare_trees(
         expected,
