@@ -24,9 +24,10 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 _COMPAT = str(Path(__file__).resolve().parent.parent / "compat")
 if _COMPAT not in sys.path:
@@ -106,20 +107,45 @@ class DockerImage:
     docker_save: Path  # `docker save` output
     skopeo_save: Path | None  # `skopeo copy docker-daemon:… docker-archive:…` output
     tree: Path  # `docker export` of a created container, extracted with GNU tar
-    layer_tars: dict[str, bytes]  # diff ID -> the layer tar from `docker save`
+    layer_members: dict[str, str]  # diff ID -> its layer tar's name in docker_save
+
+    @contextlib.contextmanager
+    def saved_layer(self, diff_id: str) -> Iterator[BinaryIO]:
+        """The layer tar `docker save` wrote for ``diff_id``, as a stream."""
+        with open_member(self.docker_save, self.layer_members[diff_id]) as f:
+            yield f
 
 
-def docker_save_layers(archive: Path) -> dict[str, bytes]:
-    """diff ID -> layer tar bytes of a classic `docker save` archive."""
-    out: dict[str, bytes] = {}
+def docker_save_layer_names(archive: Path) -> list[str]:
+    """The layer members of a classic `docker save` archive, base first
+    (in the order of the config's diff IDs)."""
     with tarfile.open(archive) as tf:
-        manifest = json.load(tf.extractfile("manifest.json"))  # type: ignore[arg-type]
-        for name in manifest[0]["Layers"]:
-            f = tf.extractfile(name)
-            assert f is not None
-            data = f.read()
-            out["sha256:" + hashlib.sha256(data).hexdigest()] = data
-    return out
+        f = tf.extractfile("manifest.json")
+        assert f is not None
+        return list(json.load(f)[0]["Layers"])
+
+
+@contextlib.contextmanager
+def open_member(archive: Path, name: str) -> Iterator[BinaryIO]:
+    """One member of a tar archive as a stream (nothing held in memory)."""
+    with tarfile.open(archive) as tf:
+        f = tf.extractfile(name)
+        assert f is not None, name
+        yield f
+
+
+def same_bytes(a: BinaryIO, b: BinaryIO, chunk: int = 1 << 20) -> bool:
+    """Whether two streams hold exactly the same bytes (compared chunk by chunk)."""
+    while True:
+        x, y = a.read(chunk), b.read(chunk)
+        while len(y) < len(x) and (more := b.read(len(x) - len(y))):
+            y += more
+        while len(x) < len(y) and (more := a.read(len(y) - len(x))):
+            x += more
+        if x != y:
+            return False
+        if not x:
+            return True
 
 
 # -- tree comparison ---------------------------------------------------------
@@ -439,7 +465,6 @@ class Skopeo:
 
     def config_digest(self, transport_ref: str) -> str:
         """sha256 of the raw config bytes skopeo reads: the image ID."""
-        import hashlib
 
         raw = run(
             [self.binary, "--policy", self.policy, "inspect", "--config", "--raw", transport_ref],

@@ -22,6 +22,7 @@ Nothing here pulls from a registry: every image is made from files.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -168,10 +169,11 @@ def dockerd(interop_base: Path) -> Iterator[Docker]:
         started = (proc, sock, version, driver)
         break
     if started is None:
+        _unmount_below(base / "exec")
         fs.close()
         pytest.skip("dockerd cannot start here: " + " / ".join(reasons))
     proc, sock, version, driver = started
-    work = base / "work"
+    work = fs.mnt / "work"  # archives and trees: thrown away with the loop fs
     work.mkdir()
     try:
         yield Docker(client, sock, env, proc.pid, driver, version, work)
@@ -323,11 +325,11 @@ def docker_images(
                 f"docker-daemon:{ref}", f"docker-archive:{sk_saved}:{ref}",
             )  # fmt: skip
         tree = dockerd.export_tree(ref, scratch / "trees" / f"{name}-docker-export")
-        import json
-
+        diff_id_list = json.loads(diff_ids)
+        members = _interop_peers.docker_save_layer_names(saved)
         cache[name] = DockerImage(
-            name, ref, image_id, json.loads(diff_ids), saved, sk_saved, tree,
-            _interop_peers.docker_save_layers(saved),
+            name, ref, image_id, diff_id_list, saved, sk_saved, tree,
+            dict(zip(diff_id_list, members, strict=True)),
         )  # fmt: skip
         return cache[name]
 
