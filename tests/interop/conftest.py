@@ -340,17 +340,18 @@ def docker_images(
 
 
 @pytest.fixture
-def new_store(scratch: Path, request: pytest.FixtureRequest) -> Iterator[Callable[[], Store]]:
-    """Open fresh stores on the scratch ext4; all are closed and unmounted at teardown."""
+def new_store(scratch: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Store]]:
+    """Open fresh stores on the scratch ext4 (``new_store(driver=None)``: the default
+    driver, overlay as root); all are closed and unmounted at teardown."""
     from lamina.store import Store  # here, so the peer fixtures work without it
 
     opened: list[tuple[Store, Path]] = []
     safe = "".join(c if c.isalnum() else "-" for c in request.node.name)[:80]
 
-    def make() -> Store:
+    def make(driver: str | None = None) -> Store:
         root = scratch / "stores" / f"{safe}-{len(opened)}"
         root.mkdir(parents=True)
-        s = Store(root)
+        s = Store(root, driver=driver)
         opened.append((s, root))
         return s
 

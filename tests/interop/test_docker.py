@@ -44,7 +44,7 @@ CAP = _interop_images.CAP_NET_RAW_EP
 NAMES = ["crafted", "built", pytest.param("debian", marks=pytest.mark.workload)]
 
 Images = Callable[[str], DockerImage]
-NewStore = Callable[[], Store]
+NewStore = Callable[..., Store]
 
 
 def _log(log: list[str], line: str) -> None:
@@ -77,6 +77,27 @@ def test_docker_archive_loads_with_dockers_id_and_tree(
         docker_init=True,
     )
     _log(interop_log, f"docker {name} {source}: {res.comparison.summary()}")
+    assert res, res.report()
+
+
+@pytest.mark.parametrize("name", ["crafted", "built"])
+def test_vfs_store_gives_dockers_tree_too(
+    docker_images: Images, new_store: NewStore, interop_log: list[str], name: str
+) -> None:
+    """The same load and tree on the portable vfs driver (full copies, no overlayfs)."""
+    di = docker_images(name)
+    s = new_store(driver="vfs")
+    (img,) = s.load(di.docker_save)
+    assert img.id == di.id
+    assert {layer.driver for layer in s.layers()} == {"vfs"}
+    res = compare_trees(
+        lamina_tree(s, img),
+        di.tree,
+        lamina_label="lamina vfs container",
+        peer_label=f"docker export of {name}",
+        docker_init=True,
+    )
+    interop_log.append(f"docker {name} on lamina vfs: {res.comparison.summary()}")
     assert res, res.report()
 
 

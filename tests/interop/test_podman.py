@@ -23,7 +23,7 @@ from lamina.store import Store
 pytestmark = [pytest.mark.differential, pytest.mark.interop, pytest.mark.root]
 
 Images = Callable[[str], DockerImage]
-NewStore = Callable[[], Store]
+NewStore = Callable[..., Store]
 FORMATS = ["docker-archive", "oci-archive", "oci-dir"]
 
 
