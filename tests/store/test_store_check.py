@@ -144,3 +144,25 @@ def test_check_reports_an_image_whose_layer_row_is_gone(tmp_path: Path, repair: 
         assert ("image-incomplete", image.id) in kinds  # type: ignore[attr-defined]
         if repair:
             assert s.check().ok, s.check().problems
+
+
+def test_gc_removes_leftover_files_and_reports_bytes(tmp_path: Path) -> None:
+    s, image = loaded(tmp_path)
+    with s:
+        stray = s.root / "blobs" / "sha256" / ("a" * 64)
+        stray.write_bytes(b"x" * 1000)
+        os.utime(stray, (1, 1))
+        split = s.root / "tar-split" / ("b" * 64 + ".gz")
+        split.write_bytes(b"y" * 500)
+        os.utime(split, (1, 1))
+        report = s.gc()
+        assert "sha256:" + "a" * 64 in report.removed
+        assert report.reclaimed_bytes >= 1500
+        assert not stray.exists() and not split.exists()
+        assert s.image("demo:1").id == image.id  # type: ignore[attr-defined]
+        assert s.check().ok
+        usage = s.disk_usage()
+        assert usage.images > 0 and usage.reclaimable == 0
+        s.untag("demo:1")
+        s.remove_image(image)  # type: ignore[arg-type]
+        assert s.disk_usage().layers == 0

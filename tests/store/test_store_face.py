@@ -65,3 +65,21 @@ def test_value_class_fields() -> None:
     assert Problem._fields == ("kind", "subject", "detail")
     assert GcReport._fields == ("removed", "reclaimed_bytes")
     assert DiskUsage._fields == ("images", "containers", "layers", "reclaimable")
+
+
+def test_only_the_database_module_imports_sqlite3() -> None:
+    """house.md: only store/_db imports sqlite3 (a grep over src/ is enough)."""
+    import ast
+
+    found = []
+    for path in Path(SRC, "lamina").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(n == "sqlite3" or n.startswith("sqlite3.") for n in names):
+                found.append(str(path.relative_to(SRC)))
+    assert found == ["lamina/store/_db.py"]

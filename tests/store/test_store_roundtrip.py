@@ -203,7 +203,7 @@ layer_specs = st.dictionaries(names, contents, min_size=1, max_size=4)
     compress=st.booleans(),
 )
 def test_property_load_save_load_is_identity(
-    tmp_path: Path, specs: list[dict[str, bytes]], fmt: str, compress: bool
+    tmp_path: Path, driver_name: str, specs: list[dict[str, bytes]], fmt: str, compress: bool
 ) -> None:
     with tempfile.TemporaryDirectory(dir=tmp_path) as work_dir:
         work = Path(work_dir)
@@ -212,11 +212,11 @@ def test_property_load_save_load_is_identity(
             for i, spec in enumerate(specs)
         ]
         oci_layout(work / "layout", [("prop:1", tars)], compress=compress)
-        with Store(work / "a", driver="vfs") as a:
+        with Store(work / "a", driver=driver_name) as a:
             (image,) = a.load(work / "layout")
             before = summary(a, image)
             a.save([image], work / "out", format=fmt)
-        with Store(work / "b", driver="vfs") as b:
+        with Store(work / "b", driver=driver_name) as b:
             (again,) = b.load(work / "out")
             assert summary(b, again) == before
             for chain, original in zip(again.layers, tars, strict=True):
@@ -224,3 +224,97 @@ def test_property_load_save_load_is_identity(
                     assert (
                         hashlib.sha256(f.read()).hexdigest() == hashlib.sha256(original).hexdigest()
                     )
+
+
+def test_a_compressed_docker_save_stream_loads(tmp_path: Path) -> None:
+    """``docker save x | gzip`` (or zstd) is one compressed stream; docker load takes it."""
+    import gzip
+
+    import zstandard
+
+    data, built = docker_archive_legacy([(["z:1"], [layer_tar({"a": b"1" * 5000})])])
+    for packed in (gzip.compress(data), zstandard.ZstdCompressor().compress(data)):
+        with Store(tmp_path / f"s{len(packed)}", driver="vfs") as s:
+            (image,) = s.load(pipe_of(packed))
+            assert image.id == built.ids[0]
+
+
+def test_multi_platform_index_loads_the_host_image_even_when_sparse(tmp_path: Path) -> None:
+    import json
+
+    from lamina import oci
+
+    host = oci.host_platform()
+    built = oci_layout(tmp_path / "l", [(None, [layer_tar({"host": b"1"})])])
+    root = tmp_path / "l"
+    index = json.loads((root / "index.json").read_text())
+    host_entry = dict(
+        index["manifests"][0], platform={"os": host.os, "architecture": host.architecture}
+    )
+    other = {
+        "mediaType": host_entry["mediaType"],
+        "digest": "sha256:" + "0" * 64,
+        "size": 10,
+        "platform": {"os": "linux", "architecture": "s390x"},
+    }  # not in the archive
+    nested = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [other, host_entry],
+        }
+    ).encode()
+    (root / "blobs" / "sha256" / sha256(nested)[7:]).write_bytes(nested)
+    (root / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "digest": sha256(nested),
+                        "size": len(nested),
+                        "annotations": {"io.containerd.image.name": "docker.io/library/multi:1"},
+                    }
+                ],
+            }
+        )
+    )
+    with Store(tmp_path / "s", driver="vfs") as s:
+        (image,) = s.load(root)
+        assert image.id == built.ids[0]
+        assert image.names == ("docker.io/library/multi:1",)
+
+
+def test_docker_25_archive_takes_names_from_manifest_json_too(tmp_path: Path) -> None:
+    """Docker >= 25 writes an OCI layout plus manifest.json; RepoTags name the image."""
+    import json
+    import tarfile
+
+    oci_layout(tmp_path / "layout", [(None, base_layers())])
+    with Store(tmp_path / "a", driver="vfs") as a:
+        (image,) = a.load(tmp_path / "layout")
+        assert image.names == ()
+        a.tag(image, "named:7")
+        out = io.BytesIO()
+        a.save(a.image("named:7"), out, format="docker-archive")
+    rewritten = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(out.getvalue())) as src,
+        tarfile.open(fileobj=rewritten, mode="w") as dst,
+    ):
+        for member in src:
+            body = src.extractfile(member) if member.isfile() else None
+            if member.name == "index.json" and body is not None:
+                index = json.loads(body.read())
+                for entry in index["manifests"]:
+                    entry.pop("annotations", None)
+                data = json.dumps(index).encode()
+                member.size = len(data)
+                dst.addfile(member, io.BytesIO(data))
+            else:
+                dst.addfile(member, body)
+    with Store(tmp_path / "b", driver="vfs") as b:
+        (again,) = b.load(io.BytesIO(rewritten.getvalue()))
+        assert again.id == image.id
+        assert again.names == ("docker.io/library/named:7",)

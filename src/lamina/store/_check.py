@@ -14,6 +14,7 @@ kind                   meaning (what ``repair=True`` does)
 ``layer-missing``      a layer row whose driver layer is gone (the layer,
                        its descendants, and the images and containers on it
                        are removed)
+``layer-unmountable``  the driver cannot give the layer's view (as ``layer-missing``)
 ``layer-corrupt``      a layer whose rebuilt tar does not hash to its diff ID,
                        or cannot be rebuilt (as ``layer-missing``)
 ``image-incomplete``   an image naming a layer the store does not have
@@ -127,6 +128,13 @@ def check(store: Store, repair: bool) -> CheckReport:
             problems.append(
                 Problem("layer-missing", chain, f"{driver.name} layer {row['driver_id']} is gone")
             )
+            bad_layers.append(chain)
+            continue
+        try:
+            with driver.mounted(str(row["driver_id"])):
+                pass
+        except (LaminaError, OSError) as exc:
+            problems.append(Problem("layer-unmountable", chain, f"cannot mount it: {exc}"))
             bad_layers.append(chain)
             continue
         try:

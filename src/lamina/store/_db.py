@@ -38,7 +38,7 @@ import os
 import sqlite3
 import time
 
-from lamina.errors import InUseError, StateError
+from lamina.errors import AlreadyExistsError, InUseError, StateError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -137,6 +137,19 @@ _MIGRATIONS: list[str] = [
 ]
 
 
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """Turn SQLite's exceptions into lamina's (callers translate the constraints they expect)."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise InUseError(f"the store database stayed locked: {exc}") from exc
+        raise StateError(f"the store database failed: {exc}") from exc
+    except sqlite3.Error as exc:
+        raise StateError(f"the store database failed: {exc}") from exc
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` still runs (ours counts as alive)."""
     if pid == os.getpid():
@@ -215,22 +228,30 @@ class Database:
 
     @contextlib.contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (``BEGIN IMMEDIATE``: the write lock up front)."""
+        """One write transaction (``BEGIN IMMEDIATE``: the write lock up front).
+
+        SQLite's errors leave as lamina's: a lock held past the busy timeout
+        is :class:`InUseError`, anything else :class:`StateError`.
+        """
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with _translated():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def query(self, sql: str, args: Sequence[object] = ()) -> list[sqlite3.Row]:
         """Rows of one read (a consistent snapshot)."""
-        return self._conn.execute(sql, args).fetchall()
+        with _translated():
+            return self._conn.execute(sql, args).fetchall()
 
     def one(self, sql: str, args: Sequence[object] = ()) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = self._conn.execute(sql, args).fetchone()
+        with _translated():
+            row: sqlite3.Row | None = self._conn.execute(sql, args).fetchone()
         return row
 
     # -- meta -------------------------------------------------------------------
@@ -524,11 +545,14 @@ class Database:
 
     def add_container(self, row: dict[str, object], intent: int) -> None:
         with self.tx() as c:
-            c.execute(
-                "INSERT INTO containers (id, name, image_id, layer_id, driver, parent, created)"
-                " VALUES (:id, :name, :image_id, :layer_id, :driver, :parent, :created)",
-                row,
-            )
+            try:
+                c.execute(
+                    "INSERT INTO containers (id, name, image_id, layer_id, driver, parent, created)"
+                    " VALUES (:id, :name, :image_id, :layer_id, :driver, :parent, :created)",
+                    row,
+                )
+            except ConstraintError:
+                raise AlreadyExistsError(f"a container named {row['name']!r} exists") from None
             c.execute("DELETE FROM intents WHERE id = ?", (intent,))
 
     def containers(self) -> list[sqlite3.Row]:

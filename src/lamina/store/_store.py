@@ -25,7 +25,7 @@ from lamina.errors import (
     StateError,
 )
 from lamina.store._blobs import BlobStore
-from lamina.store._db import ConstraintError, Database, DatabaseDamaged, Row
+from lamina.store._db import Database, DatabaseDamaged, Row
 from lamina.store._layers import (
     WINDOWS_DRIVER,
     LayerSource,
@@ -82,10 +82,14 @@ class Store:
             self._db = self._reopen_damaged(exc)
         self._blobs = BlobStore(self.root)
         self._drivers: dict[str, Driver] = {}
-        name = driver or self._db.meta("driver")
-        self.driver = self._pick_driver(name)
-        if self._db.meta("driver") != self.driver.name:
-            self._db.set_meta("driver", self.driver.name)
+        try:
+            name = driver or self._db.meta("driver")
+            self.driver = self._pick_driver(name)
+            if self._db.meta("driver") != self.driver.name:
+                self._db.set_meta("driver", self.driver.name)
+        except BaseException:
+            self._db.close()
+            raise
         from lamina.store._recover import recover
 
         recover(self)
@@ -380,11 +384,6 @@ class Store:
                 "created": _now(),
             }
             self._db.add_container(record, intent)
-        except ConstraintError:
-            with contextlib.suppress(Exception):
-                driver.remove(container_id)
-            self._db.end_intent(intent)
-            raise AlreadyExistsError(f"a container named {name!r} exists") from None
         except BaseException:
             with contextlib.suppress(Exception):
                 driver.remove(container_id)
@@ -488,7 +487,8 @@ class Store:
 
         if isinstance(images, Image | str):
             images = [images]
-        save(self, [self.image(i) for i in images], dest, format)
+        chosen = {image.id: image for image in (self.image(i) for i in images)}
+        save(self, list(chosen.values()), dest, format)
 
     # -- registry (issue 13) ---------------------------------------------------------
 

@@ -166,7 +166,12 @@ def _oci_plans(docs: _Docs, *, final: bool) -> list[_Plan] | None:
             if data is None:
                 return _missing(final, descriptor.digest)
             nested = oci.Index.parse(data)
-            pick = oci.select_platform(nested.platforms(), oci.host_platform())
+            # a platform-sparse export holds some of the manifests: choose among those
+            present = [
+                p if docs.get(oci.blob_path(m.digest)) is not None else None
+                for p, m in zip(nested.platforms(), nested.manifests, strict=True)
+            ]
+            pick = oci.select_platform(present, oci.host_platform())
             if pick is None:
                 raise NotFoundError(f"image index {descriptor.digest} has no image for this host")
             manifest_desc = nested.manifests[pick]
@@ -404,6 +409,12 @@ def _link_target(name: str, hdr: archive.RawHeader) -> str:
 
 
 def _load_tar(store: Store, stream: BinaryIO) -> list[Image]:
+    """Load a tar read once from ``stream`` (``docker save | gzip`` and zstd are accepted)."""
+    with archive.decompress(stream) as plain:
+        return _load_plain_tar(store, plain)
+
+
+def _load_plain_tar(store: Store, stream: BinaryIO) -> list[Image]:
     reader = archive.RawTarReader(stream)
     mem: dict[str, bytes] = {}
     aliases: dict[str, str] = {}
@@ -503,7 +514,11 @@ def _load_tar(store: Store, stream: BinaryIO) -> list[Image]:
                 )
             raise InvalidArchiveError(f"layer {member!r} is missing from the archive (truncated?)")
 
-        return _execute(store, plans, source_for, intent)
+        images = _execute(store, plans, source_for, intent)
+        for digest in spooled_blobs:  # spooled but no layer's: another platform's, say
+            if store._db.blob(digest) is None:
+                store._blobs.remove(digest)
+        return images
     except BaseException:
         _abandon(store, intent)
         for digest in spooled_blobs:
