@@ -349,6 +349,16 @@ def dockerd_log_reason(log: Path) -> str:
     return " | ".join((errs or lines)[-3:])[-800:]
 
 
+def _dockerd_major() -> int:
+    """dockerd's major version ("Docker version 20.10.24+dfsg1, build …" -> 20)."""
+    out = run(["dockerd", "--version"], check=False).stdout.decode()
+    words = out.replace(",", " ").split()
+    try:
+        return int(words[words.index("version") + 1].split(".")[0])
+    except (ValueError, IndexError):
+        return 0
+
+
 def start_dockerd(
     base: Path, data_root: Path, storage_driver: str, env: dict[str, str], timeout: float = 60
 ) -> tuple[subprocess.Popen[bytes], Path, str]:
@@ -356,7 +366,7 @@ def start_dockerd(
     RuntimeError with the daemon's own reason."""
     sock, exec_root = base / "docker.sock", base / "exec"
     exec_root.mkdir(exist_ok=True)
-    config = {
+    config: dict[str, object] = {
         "data-root": str(data_root),
         "exec-root": str(exec_root),
         "pidfile": str(base / "docker.pid"),
@@ -372,12 +382,23 @@ def start_dockerd(
         "features": {"buildkit": False},
         "log-level": "warn",
     }
+    if _dockerd_major() < 23:
+        # Docker < 23 writes a libtrust key to /etc/docker/key.json unless told where
+        config["deprecated-key-path"] = str(base / "key.json")
     cfg = base / f"daemon-{storage_driver}.json"
     cfg.write_text(json.dumps(config, indent=1))
     log = base / f"dockerd-{storage_driver}.log"
+    argv = ["dockerd", "--config-file", str(cfg)]
+    if shutil.which("unshare") is not None:
+        # A private mount namespace with its own /run: dockerd hard-codes
+        # /run/docker/plugins, and would use a system containerd it finds at
+        # /run/containerd/containerd.sock instead of starting its own. Its mounts
+        # stay in that namespace too. (unshare and sh exec: the pid is dockerd's.)
+        script = 'mount -t tmpfs -o mode=0755,size=16m lamina-interop-run /run && exec "$@"'
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv]
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            ["dockerd", "--config-file", str(cfg)],
+            argv,
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True, env=env,
         )  # fmt: skip
@@ -448,6 +469,21 @@ def private_containers_env(base: Path) -> dict[str, str]:
     return env
 
 
+def private_cache_prefix() -> list[str]:
+    """A command prefix for containers/image tools run as root: a private mount
+    namespace whose /var/lib/containers (or /var/lib, where that does not exist
+    yet) is a tmpfs.  containers/image keeps a root user's blob-info cache in
+    /var/lib/containers/cache and has no option to put it elsewhere, and the
+    tests must not write host state."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return []
+    script = (
+        "d=/var/lib/containers; [ -d $d ] || d=/var/lib; "
+        'mount -t tmpfs -o size=64m,mode=0755 lamina-interop-cache "$d" && exec "$@"'
+    )
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
+
+
 @dataclass
 class Skopeo:
     binary: str
@@ -455,22 +491,23 @@ class Skopeo:
     policy: Path
     version: str
 
-    def __call__(self, *args: str | os.PathLike[str], timeout: float = 300) -> str:
-        proc = run([self.binary, "--policy", self.policy, *args], env=self.env, timeout=timeout)
-        return proc.stdout.decode()
+    def argv(self) -> list[str]:
+        """skopeo with our policy, its blob-info cache kept off the host."""
+        return [*private_cache_prefix(), self.binary, "--policy", str(self.policy)]
+
+    def __call__(self, *args: str | os.PathLike[str], timeout: float = 300) -> bytes:
+        return run([*self.argv(), *args], env=self.env, timeout=timeout).stdout
 
     def inspect(self, transport_ref: str) -> dict[str, object]:
         out: dict[str, object] = json.loads(self("inspect", transport_ref))
         return out
 
+    def raw_config(self, transport_ref: str) -> bytes:
+        return self("inspect", "--config", "--raw", transport_ref)
+
     def config_digest(self, transport_ref: str) -> str:
         """sha256 of the raw config bytes skopeo reads: the image ID."""
-
-        raw = run(
-            [self.binary, "--policy", self.policy, "inspect", "--config", "--raw", transport_ref],
-            env=self.env,
-        ).stdout
-        return "sha256:" + hashlib.sha256(raw).hexdigest()
+        return "sha256:" + hashlib.sha256(self.raw_config(transport_ref)).hexdigest()
 
 
 @dataclass
@@ -489,15 +526,27 @@ class Podman:
             "--events-backend", "none", "--tmpdir", str(self.runroot / "libpod-tmp"),
         ]  # fmt: skip
 
-    def __call__(self, *args: str | os.PathLike[str], timeout: float = 300) -> str:
-        proc = run([*self.argv(), *args], env=self.env, timeout=timeout)
+    def __call__(
+        self, *args: str | os.PathLike[str], timeout: float = 300, host_mounts: bool = False
+    ) -> str:
+        """Run podman; its blob-info cache is kept off the host (a private mount
+        namespace, see private_cache_prefix) unless the command makes mounts the
+        tests must see (``host_mounts``: image mount/unmount)."""
+        prefix = [] if host_mounts else private_cache_prefix()
+        proc = run([*prefix, *self.argv(), *args], env=self.env, timeout=timeout)
         return proc.stdout.decode()
 
     def image_id(self, ref: str) -> str:
         return "sha256:" + self("image", "inspect", "--format", "{{.Id}}", ref).strip()
 
+    def mount_image(self, image: str) -> Path:
+        return Path(self("image", "mount", image, host_mounts=True).strip())
+
+    def unmount_image(self, image: str = "") -> None:
+        self("image", "unmount", *([image] if image else ["--all"]), host_mounts=True)
+
     def purge(self) -> None:
-        self("image", "unmount", "--all")
+        self.unmount_image()
         self("rmi", "-a", "-f")
 
 

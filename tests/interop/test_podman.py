@@ -27,10 +27,6 @@ NewStore = Callable[..., Store]
 FORMATS = ["docker-archive", "oci-archive", "oci-dir"]
 
 
-def _podman_tree(podman: Podman, image_id: str) -> Path:
-    return Path(podman("image", "mount", image_id).strip())
-
-
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("name", ["crafted", "built"])
 def test_lamina_save_loads_in_podman(
@@ -60,7 +56,7 @@ def test_lamina_save_loads_in_podman(
     assert podman.image_id(img.id) == img.id
     if fmt != "oci-dir":  # podman names an oci-dir image by its directory, not its ref
         assert podman.image_id(ref) == img.id
-    root = _podman_tree(podman, img.id)
+    root = podman.mount_image(img.id)
     try:
         # the root itself is left out: a layer tar has no entry for it, and
         # containers/storage makes an image mount's root 0555 (lamina's and Docker's: 0755)
@@ -68,7 +64,7 @@ def test_lamina_save_loads_in_podman(
             expected, root, peer_label=f"podman image mount after load of {fmt}", exclude=(".",)
         )
     finally:
-        podman("image", "unmount", img.id)
+        podman.unmount_image(img.id)
     interop_log.append(f"podman load lamina {fmt} {name}: {res.comparison.summary()}")
     assert res, res.report()
 

@@ -65,8 +65,7 @@ def test_skopeo_inspects_lamina_save(
     info = skopeo.inspect(transport)
     layers = info["Layers"]
     assert isinstance(layers, list) and len(layers) == len(img.layers)
-    config = json.loads(run([skopeo.binary, "--policy", skopeo.policy, "inspect", "--config",
-                             "--raw", transport], env=skopeo.env).stdout)  # fmt: skip
+    config = json.loads(skopeo.raw_config(transport))
     assert config["rootfs"]["diff_ids"] == di.diff_ids
 
     # skopeo writes it into another transport; lamina reads skopeo's output
