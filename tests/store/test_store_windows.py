@@ -31,6 +31,15 @@ def test_windows_image_lives_in_windowsfilter_beside_linux_images(tmp_path: Path
         assert not (tmp_path / "s" / "tar-split" / (win.layers[0][7:] + ".gz")).exists()
         c = s.create_container(win)
         assert s.container(c.id).image_id == win.id
+        sandbox = s.mount(c)
+        (sandbox / "Files" / "hello.txt").write_text("hi")  # the sandbox keeps Files/ as on Windows
+        s.unmount(c)
+        assert [str(ch) for ch in s.changes(c)] == ["A /hello.txt"]
+        committed = s.commit(c, "win:2")
+        assert committed.os == "windows" and len(committed.layers) == 2
+        assert {layer.driver for layer in s.layers() if layer.chain_id in committed.layers} == {
+            "windowsfilter"
+        }
         s.save([win, lin], tmp_path / "both.tar")
         report = s.check()
         assert report.ok, report.problems

@@ -160,6 +160,9 @@ class _Splitter:
             os.close(self._write_fd)
             self._write_fd = -1
 
+    def join(self) -> None:
+        self._thread.join()
+
 
 def store_layer(
     store: Store,
@@ -256,7 +259,8 @@ def _apply(
             tee = _Tee(decompressed, sinks)
             stream = io.BufferedReader(tee, _CHUNK)
             size = driver.apply_diff(driver_id, parent_id, cast("BinaryIO", stream))
-            stream.read()  # what the driver left: end-of-archive blocks and padding
+            while stream.read(_CHUNK):  # what the driver left: end-of-archive blocks, padding
+                pass
         finally:
             decompressed.close()
         digest = verified.verify()  # reads (and keeps) whatever trails the compressed data
@@ -294,6 +298,7 @@ def _apply(
             raw.close()
         if splitter is not None:
             splitter.close()
+            splitter.join()  # before its output file goes
         if blob_temp is not None:
             blob_temp.discard()
         if split_temp is not None:
