@@ -197,7 +197,6 @@ def test_lamina_save_loads_in_docker(
     docker_images: Images,
     new_store: NewStore,
     interop_log: list[str],
-    tmp_path: Path,
     name: str,
     fmt: str,
 ) -> None:
@@ -208,18 +207,20 @@ def test_lamina_save_loads_in_docker(
     if name == "debian" and fmt != "docker-archive":
         pytest.skip("the workload goes through one format only, to keep the run short")
     di = docker_images(name)
+    work = dockerd.tmp(f"save-{name}-{fmt}")  # on Docker's loop fs: the workload is big
+    work.mkdir()
     s = new_store()
     (img,) = s.load(di.docker_save)
     ref = f"lamina-test/from-lamina-{name}:{fmt}"
     s.tag(img, ref)
     expected = lamina_tree(s, img)
-    out = tmp_path / f"{name}.{fmt}.tar"
+    out = work / f"{name}.{fmt}.tar"
     s.save([img], out, format=fmt)
 
     dockerd.purge()  # Docker must build the image from lamina's bytes, not reuse its own
     dockerd("load", "-i", out)
     assert dockerd.image_id(ref) == img.id
-    tree = dockerd.export_tree(ref, tmp_path / "docker-export")
+    tree = dockerd.export_tree(ref, work / "docker-export")
     res = compare_trees(
         expected,
         tree,
@@ -235,9 +236,10 @@ def test_commit_loads_in_docker_with_the_same_files(
     docker_images: Images,
     new_store: NewStore,
     interop_log: list[str],
-    tmp_path: Path,
 ) -> None:
     di = docker_images("crafted")
+    work = dockerd.tmp("commit")
+    work.mkdir()
     s = new_store()
     (img,) = s.load(di.docker_save)
     c = s.create_container(img, name="interop-commit")
@@ -281,20 +283,20 @@ def test_commit_loads_in_docker_with_the_same_files(
     assert new.config["rootfs"]["diff_ids"][:2] == di.diff_ids
     assert len(new.config["rootfs"]["diff_ids"]) == 3
     expected = lamina_tree(s, new)
-    out = tmp_path / "committed.tar"
+    out = work / "committed.tar"
     s.save([new], out)
 
     dockerd.purge()
     dockerd("load", "-i", out)
     assert dockerd.image_id("lamina-test/committed:1") == new.id
     # docker save replays the layer bytes it loaded: lamina's commit layer, user xattr included
-    resaved = tmp_path / "resaved.tar"
+    resaved = work / "resaved.tar"
     dockerd("save", "-o", resaved, "lamina-test/committed:1")
     with s.layer_diff(new.layers[-1]) as f:
         last = docker_save_layer_names(resaved)[-1]
         with open_member(resaved, last) as saved:
             assert same_bytes(f, saved)
-    tree = dockerd.export_tree("lamina-test/committed:1", tmp_path / "docker-export")
+    tree = dockerd.export_tree("lamina-test/committed:1", work / "docker-export")
     assert (tree / "added.txt").read_bytes() == b"added by lamina\n"
     assert (tree / "added.txt").stat().st_uid == 1000
     assert (tree / "added-dir" / "sub" / "h1").samefile(tree / "added-dir" / "h2")
