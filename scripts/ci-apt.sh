@@ -14,6 +14,8 @@ set -uo pipefail
 PACKAGES=(
   debootstrap pigz zstd           # make the real workload (tests/compat)
   containers-storage umoci skopeo tar-split docker-registry   # peer tools
+  docker.io podman                # tests/interop: a private dockerd (the fixture starts and
+                                  # stops it; the package's own service is not used) and podman
   xfsprogs e2fsprogs attr         # mkfs.xfs/mkfs.ext4 for loop filesystems, getfattr/setfattr
   tar                             # GNU tar, the reference extractor
   golang-go                       # compiles a Go archive/tar probe: windowsfilter byte-compatibility
@@ -42,6 +44,18 @@ fi
 # the lock: wait for it rather than fail.
 apt_opts=(-o DPkg::Lock::Timeout=900 -q)
 export DEBIAN_FRONTEND=noninteractive
+# docker.io and containerd ship services that apt would start (a host dockerd
+# with a bridge and iptables rules on /var/lib/docker). The interop tests start a
+# private dockerd of their own and nothing else may run: a policy-rc.d that
+# refuses every start (honoured by invoke-rc.d and deb-systemd-invoke) keeps apt
+# from starting any service; ours is removed again afterwards.
+made_policy=""
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\n# ci-apt.sh: no service starts during the install\nexit 101\n' \
+    >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && made_policy=1
+fi
+cleanup_policy() { if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi; }
+trap cleanup_policy EXIT
 echo "ci-apt: installing ${missing[*]}" >&2
 if ! apt-get "${apt_opts[@]}" update; then
   echo "ci-apt: apt-get update failed; trying the install with the existing lists" >&2
