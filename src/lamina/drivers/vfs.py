@@ -361,7 +361,7 @@ class VfsDriver(Driver):
 
         for name in names:
             digest, _, what = name.rpartition(".")
-            if what not in ("pristine", "applying"):
+            if what not in ("pristine", "applying", "parent"):
                 continue  # not one of our records
             try:
                 id = str(json.loads((self._state / name).read_bytes())["id"])
@@ -370,6 +370,8 @@ class VfsDriver(Driver):
                 self._damaged_record(digest, what, self._state / name)
                 continue
             if not os.path.isdir(self._layers / id):
+                if what != "applying" and self._record_owner_alive(id, what):
+                    continue  # written by a create still in flight (it marks, then publishes)
                 self._unmark(id, what)  # the layer is gone: the record is stale
             elif what == "applying":
                 with self._lock:
@@ -389,10 +391,14 @@ class VfsDriver(Driver):
 
     def _apply_owner_alive(self, id: str) -> bool:
         """Whether the process that wrote the layer's ``applying`` record still runs."""
+        return self._record_owner_alive(id, "applying")
+
+    def _record_owner_alive(self, id: str, what: str) -> bool:
+        """Whether the process that wrote one of the layer's records still runs."""
         import json
 
         try:
-            owner = json.loads(self._record(id, "applying").read_bytes()).get("owner")
+            owner = json.loads(self._record(id, what).read_bytes()).get("owner")
         except (OSError, ValueError, AttributeError):
             return False
         return isinstance(owner, str) and owner_alive(owner)

@@ -178,12 +178,19 @@ def crash_loop(
 
 
 def _vfs_leftovers(d: Driver) -> None:
-    for area in ("staging", "removing", "state"):
+    import json
+
+    for area in ("staging", "removing"):
         path = d.home / area
-        if path.is_dir():
-            left = [n for n in os.listdir(path) if not n.endswith(".pristine")]
-            if left:
-                raise AssertionError(f"{area} holds leftovers after cleanup: {left}")
+        if path.is_dir() and os.listdir(path):
+            raise AssertionError(f"{area} holds leftovers after cleanup: {os.listdir(path)}")
+    state = d.home / "state"
+    for name in os.listdir(state) if state.is_dir() else []:
+        # a layer's own records (pristine, parent) stay with it; any other is a leftover
+        kind = name.rpartition(".")[2]
+        layer = json.loads((state / name).read_bytes()).get("id") if kind != "tmp" else None
+        if kind not in ("pristine", "parent") or not d.exists(str(layer)):
+            raise AssertionError(f"state holds a leftover after cleanup: {name}")
 
 
 def _overlay_leftovers(d: Driver) -> None:
