@@ -91,6 +91,7 @@ _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (errors.AlreadyExistsError, EXIT_ALREADY_EXISTS),
     (errors.InUseError, EXIT_IN_USE),
     (errors.QuotaExceededError, EXIT_NO_RESOURCES),
+    (errors.ReadOnlyStoreError, EXIT_BAD_STATE),  # cannot be changed as it is mounted
     (errors.StateError, EXIT_BAD_STATE),
     (errors.IntegrityError, EXIT_INTEGRITY),
     (errors.AuthenticationError, EXIT_AUTH),
