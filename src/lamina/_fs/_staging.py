@@ -53,7 +53,7 @@ from lamina._fs._atomic import (
     remove_tree,
     rename_noreplace,
 )
-from lamina.errors import LockTimeoutError, ReadOnlyStoreError
+from lamina.errors import LockTimeoutError
 
 __all__ = [
     "DEFAULT_LOCK_TIMEOUT",
@@ -126,14 +126,7 @@ class StagingArea:
 
     def new(self, base: str, mode: int = 0o700) -> Path:
         """Make a fresh private stage for ``base``; it is in flight until discarded."""
-        try:
-            stage = make_staging_dir(self.root, self.prefix + base, mode)
-        except OSError as exc:
-            if exc.errno == errno.EROFS:
-                raise ReadOnlyStoreError(
-                    f"{self.root}: the store is on a read-only filesystem", errno=exc.errno
-                ) from exc
-            raise
+        stage = make_staging_dir(self.root, self.prefix + base, mode)  # EROFS: typed there
         with _IN_FLIGHT_LOCK:
             _IN_FLIGHT.add(os.fspath(stage))
         return stage

@@ -119,7 +119,7 @@ from lamina._fs import (
 )
 from lamina._units import ram_in_bytes
 from lamina.archive import OVERLAY_OPAQUE_XATTR, overlay_changes, upper_size
-from lamina.drivers._base import Driver, FileGetter, StorageOpts
+from lamina.drivers._base import Driver, FileGetter, StorageOpts, stream_hold_key
 from lamina.drivers.overlay._layout import (
     LINK_DIR,
     REMOVING_DIR,
@@ -294,12 +294,7 @@ _APPLY_PREFIX = ".apply"
 LOCK_DIR = ".locks"
 
 
-def _stream_key(layer_dir: Path) -> str:
-    """The hold-store key under which open ``diff`` streams of a layer are counted.
-
-    Not a path, so reconciling never mistakes it for a mount.
-    """
-    return f"diff-stream:{layer_dir}"
+_stream_key = stream_hold_key
 
 
 class _HoldingStream(io.RawIOBase):
