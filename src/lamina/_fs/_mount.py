@@ -474,15 +474,14 @@ def read_only(path: str | os.PathLike[str]) -> bool:
     that cannot be examined at all counts as writable: the write that
     follows then reports what is wrong.
     """
-    current = os.path.abspath(path)
+    current = Path(path).absolute()
     while True:
         try:
             return bool(os.statvfs(current).f_flag & os.ST_RDONLY)
         except FileNotFoundError:
-            parent = os.path.dirname(current)
-            if parent == current:
+            if current.parent == current:
                 return False
-            current = parent
+            current = current.parent
         except OSError:
             return False
 

@@ -432,8 +432,9 @@ class VfsDriver(Driver):
             raise StateError(
                 f"layer {id} is being applied to, or an apply was interrupted (run cleanup)"
             )
-        # the caller may write into the view from now on (not on a read-only store)
-        with contextlib.suppress(OSError if read_only(self.home) else ()):
+        # the caller may write into the view from now on (never on a read-only store,
+        # whose queries get a view too: there the record stays, as does the tree)
+        if not read_only(self.home):
             self._unmark(id, "pristine")
         return Mount(type="direct", source=str(path), target=path)
 
