@@ -23,6 +23,7 @@ Callers test the class, never the message::
     ├── RegistryError                the registry failed or refused a request
     │   └── AuthenticationError      401/403: no, wrong or insufficient credentials
     └── StateError                   the on-disk state is inconsistent (run cleanup)
+        └── ReadOnlyStoreError       a write to a store on a read-only filesystem
 
 ``NotSupportedError`` is what automatic driver selection skips, like Docker's
 ``IsDriverNotSupported``; every other error from a driver's start-up is fatal.
@@ -49,6 +50,7 @@ __all__ = [
     "PrerequisitesError",
     "QuotaExceededError",
     "QuotaNotSupportedError",
+    "ReadOnlyStoreError",
     "RegistryError",
     "StateError",
     "UnsafeArchiveError",
@@ -166,3 +168,11 @@ class AuthenticationError(RegistryError):
 
 class StateError(LaminaError):
     """The on-disk state is inconsistent; ``cleanup`` may repair it."""
+
+
+class ReadOnlyStoreError(StateError):
+    """The store is on a read-only filesystem: it answers queries, but cannot be changed.
+
+    Carries ``errno.EROFS``.  A :class:`StateError` because the store cannot
+    take the write as it is; remounting it read-write, not ``cleanup``, helps.
+    """

@@ -240,7 +240,10 @@ def test_a_crashed_holders_view_is_unmounted_by_cleanup_and_remove(home: Path) -
     half_built = home / "windowsfilter/L1/.lamina/overlay.new.999999999.0123456789ab"
     (half_built / "whiteouts").mkdir(parents=True)
     survivor = open_driver(home, "overlay")
-    survivor.remove("C1")
+    with pytest.raises(InUseError):
+        survivor.remove("C1")  # C2 stands on it
+    survivor.remove("C2")
+    survivor.remove("C1")  # its dead holder's view goes with it
     assert len(mounts_below(home)) == 1
     survivor.cleanup()
     assert mounts_below(home) == []

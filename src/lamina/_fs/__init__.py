@@ -44,6 +44,7 @@ if TYPE_CHECKING:
         mountinfo,
         mounts_below,
         new_mount_api_supported,
+        read_only,
         umount,
         unmount_below,
     )
@@ -126,6 +127,7 @@ __all__ += [  # mounts, kernel probes, quotas, shared mount counts (overlay driv
     "overlay_max_lowers",
     "probe_native_diff",
     "probe_overlay_mount",
+    "read_only",
     "run_tool",
     "statfs_magic",
     "supports_d_type",
@@ -159,6 +161,7 @@ _LAZY = {
     "mountinfo": "lamina._fs._mount",
     "mounts_below": "lamina._fs._mount",
     "new_mount_api_supported": "lamina._fs._mount",
+    "read_only": "lamina._fs._mount",
     "umount": "lamina._fs._mount",
     "unmount_below": "lamina._fs._mount",
     "HoldingMounter": "lamina._fs._mounter",

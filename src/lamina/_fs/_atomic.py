@@ -132,15 +132,28 @@ def made_by_other_live_process(name: str) -> bool:
 
 
 def make_staging_dir(parent: str | os.PathLike[str], base: str, mode: int = 0o700) -> Path:
-    """Create a fresh private directory ``parent/<base>.<pid>.<random>``."""
-    os.makedirs(parent, mode=0o700, exist_ok=True)
-    while True:
-        path = Path(parent) / staging_name(base)
-        try:
-            os.mkdir(path, mode)
-        except FileExistsError:
-            continue
-        return path
+    """Create a fresh private directory ``parent/<base>.<pid>.<random>``.
+
+    Every layer a driver makes starts here, so a store on a read-only
+    filesystem is refused here, once, with ReadOnlyStoreError.
+    """
+    try:
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+        while True:
+            path = Path(parent) / staging_name(base)
+            try:
+                os.mkdir(path, mode)
+            except FileExistsError:
+                continue
+            return path
+    except OSError as exc:
+        if exc.errno != errno.EROFS:
+            raise
+        from lamina.errors import ReadOnlyStoreError
+
+        raise ReadOnlyStoreError(
+            f"{parent}: the store is on a read-only filesystem", errno=exc.errno
+        ) from exc
 
 
 def retire_dir(

@@ -466,6 +466,26 @@ def fs_type(path: str | os.PathLike[str], table: Iterable[MountInfo] | None = No
     return found
 
 
+def read_only(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` (or its nearest existing ancestor) is on a read-only mount.
+
+    Asked by drivers before a query would touch state (a lock file, a
+    record), so that a store on a read-only disk still answers.  A path
+    that cannot be examined at all counts as writable: the write that
+    follows then reports what is wrong.
+    """
+    current = Path(path).absolute()
+    while True:
+        try:
+            return bool(os.statvfs(current).f_flag & os.ST_RDONLY)
+        except FileNotFoundError:
+            if current.parent == current:
+                return False
+            current = current.parent
+        except OSError:
+            return False
+
+
 def is_mountpoint(path: str | os.PathLike[str], table: Iterable[MountInfo] | None = None) -> bool:
     """Whether something is mounted exactly at ``path`` (absolute, symlinks resolved)."""
     target = os.path.realpath(path)

@@ -23,6 +23,7 @@ record, ``/proc/self/mountinfo``:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import threading
@@ -61,12 +62,21 @@ def holder_alive(holder: str) -> bool:
     return owner_alive(holder)
 
 
+def _make_run_dir(path: Path) -> None:
+    """Create the runtime directory; on a read-only filesystem leave it missing."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        if exc.errno != errno.EROFS:
+            raise
+
+
 class RefStore:
     """Cross-process holder counts for mount targets, kept in ``run_dir``."""
 
     def __init__(self, run_dir: str | os.PathLike[str]) -> None:
         self.run_dir = Path(run_dir)
-        os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
+        _make_run_dir(self.run_dir)
         self._lock_path = self.run_dir / "mounts.lock"
         self._state_path = self.run_dir / "mounts.json"
         self._thread_lock = threading.RLock()
@@ -94,10 +104,10 @@ class RefStore:
                 return
             import json  # not at module level: layer creation never counts views
 
-            os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = self._open_lock()
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
                 table = self._load()
                 before = json.dumps(table, sort_keys=True)
                 self._table, self._depth = table, 1
@@ -105,10 +115,37 @@ class RefStore:
                     yield table
                 finally:
                     self._table, self._depth = None, 0
-                    if json.dumps(table, sort_keys=True) != before:
+                    if json.dumps(table, sort_keys=True) != before and not self.read_only:
                         self._save(table)
             finally:
-                os.close(fd)  # releases the flock
+                if fd is not None:
+                    os.close(fd)  # releases the flock
+
+    #: True once the run directory was found on a read-only filesystem
+    read_only = False
+
+    def _open_lock(self) -> int | None:
+        """The lock file's descriptor; on a read-only filesystem, opened read-only.
+
+        A read-only store records no holds: nothing can be removed or
+        applied through it, so a hold would protect nothing from *this*
+        mount, and there is nowhere to write one.  Its lock is still taken
+        when the file exists (``flock`` works on a read-only descriptor, and
+        the lock is the inode's, shared with a read-write mount of the same
+        store), so reads of the table never see a writer's half-done work.
+        """
+        if not self.read_only:
+            _make_run_dir(self.run_dir)
+            try:
+                return os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                if exc.errno != errno.EROFS:
+                    raise
+                self.read_only = True
+        try:
+            return os.open(self._lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None  # nobody ever held anything in this store
 
     def _load(self) -> _Table:
         """The table; a damaged one (hand-edited, foreign) reads as empty, as after a reboot.
@@ -162,7 +199,8 @@ class RefStore:
     def sweep_temporaries(self) -> None:
         """Delete the temporary files of table writes a crash interrupted (``cleanup``)."""
         with self.locked():
-            self._sweep_temporaries()
+            if not self.read_only:  # a read-only store cannot have been written by a crash
+                self._sweep_temporaries()
 
     def _sweep_temporaries(self) -> None:
         """Delete ``mounts.json`` temporaries whose writer is gone (called under the lock).

@@ -126,7 +126,7 @@ class StagingArea:
 
     def new(self, base: str, mode: int = 0o700) -> Path:
         """Make a fresh private stage for ``base``; it is in flight until discarded."""
-        stage = make_staging_dir(self.root, self.prefix + base, mode)
+        stage = make_staging_dir(self.root, self.prefix + base, mode)  # EROFS: typed there
         with _IN_FLIGHT_LOCK:
             _IN_FLIGHT.add(os.fspath(stage))
         return stage

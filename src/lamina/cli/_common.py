@@ -90,9 +90,10 @@ _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (errors.LayerChangedError, EXIT_IN_USE),  # a writer swapped files mid-export: retry
     (errors.ArchiveError, EXIT_BAD_ARCHIVE),
     (errors.AlreadyExistsError, EXIT_ALREADY_EXISTS),
-    (errors.LockTimeoutError, EXIT_IN_USE),  # another process's apply or remove held on
+    (errors.LockTimeoutError, EXIT_IN_USE),  # another process is working on the layer
     (errors.InUseError, EXIT_IN_USE),
     (errors.QuotaExceededError, EXIT_NO_RESOURCES),
+    (errors.ReadOnlyStoreError, EXIT_BAD_STATE),  # cannot be changed as it is mounted
     (errors.StateError, EXIT_BAD_STATE),
     (errors.IntegrityError, EXIT_INTEGRITY),
     (errors.AuthenticationError, EXIT_AUTH),

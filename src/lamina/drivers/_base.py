@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from lamina._change import Change
     from lamina._fs import Mount, RefStore
 
-__all__ = ["Driver", "FileGetter", "StorageOpts", "validate_id"]
+__all__ = ["Driver", "FileGetter", "StorageOpts", "stream_hold_key", "validate_id"]
 
 StorageOpts = Mapping[str, str]
 
@@ -55,6 +55,17 @@ class FileGetter(Protocol):
     def close(self) -> None:
         """Release whatever the getter holds (a ``get`` of the layer, for instance)."""
         ...
+
+
+def stream_hold_key(layer_dir: str | os.PathLike[str]) -> str:
+    """The hold-store key under which open ``diff`` streams of a layer are counted.
+
+    One key for every driver whose streams read a layer without a view
+    (overlay's native diff, windowsfilter's replay), so ``remove`` in any
+    process refuses the layer while a stream is open.  Not a path, so
+    reconciling never mistakes it for a mount.
+    """
+    return f"diff-stream:{os.fspath(layer_dir)}"
 
 
 def validate_id(layer_id: str) -> str:

@@ -70,6 +70,7 @@ from lamina._fs import (
     layer_lock,
     owner_alive,
     owner_token,
+    read_only,
     remove_tree,
     retire_dir,
     sweep_atomic_writes,
@@ -437,7 +438,10 @@ class VfsDriver(Driver):
             raise StateError(
                 f"layer {id} is being applied to, or an apply was interrupted (run cleanup)"
             )
-        self._unmark(id, "pristine")  # the caller may write into the view from now on
+        # the caller may write into the view from now on (never on a read-only store,
+        # whose queries get a view too: there the record stays, as does the tree)
+        if not read_only(self.home):
+            self._unmark(id, "pristine")
         return Mount(type="direct", source=str(path), target=path)
 
     # -- diffs --------------------------------------------------------------------

@@ -106,6 +106,7 @@ from lamina._fs import (
     overlay_max_lowers,
     probe_native_diff,
     probe_overlay_mount,
+    read_only,
     remove_tree,
     retire_dir,
     statfs_magic,
@@ -118,7 +119,7 @@ from lamina._fs import (
 )
 from lamina._units import ram_in_bytes
 from lamina.archive import OVERLAY_OPAQUE_XATTR, overlay_changes, upper_size
-from lamina.drivers._base import Driver, FileGetter, StorageOpts
+from lamina.drivers._base import Driver, FileGetter, StorageOpts, stream_hold_key
 from lamina.drivers.overlay._layout import (
     LINK_DIR,
     REMOVING_DIR,
@@ -293,12 +294,7 @@ _APPLY_PREFIX = ".apply"
 LOCK_DIR = ".locks"
 
 
-def _stream_key(layer_dir: Path) -> str:
-    """The hold-store key under which open ``diff`` streams of a layer are counted.
-
-    Not a path, so reconciling never mistakes it for a mount.
-    """
-    return f"diff-stream:{layer_dir}"
+_stream_key = stream_hold_key
 
 
 class _HoldingStream(io.RawIOBase):
@@ -444,14 +440,19 @@ class OverlayDriver(Driver):
         it is measured once per boot and kernel (kept with the other probe
         verdicts), and only asked for by chains deeper than 128.
         """
+        return self._lowers_limit(persist=True)
+
+    def _lowers_limit(self, *, persist: bool) -> int:
+        """:attr:`max_lowers`; kept for the next process only with ``persist`` (not by queries)."""
         if self._max_lowers is None:
             stored = self._probes.get("max_lowers") or ""
             if stored.isdigit():
                 self._max_lowers = int(stored)
             else:
                 self._max_lowers = overlay_max_lowers() or _KERNEL_MAX_LOWERS
-                self._probes.put("max_lowers", str(self._max_lowers))
-                self._probes.save()
+                if persist and not read_only(self.runroot):
+                    self._probes.put("max_lowers", str(self._max_lowers))
+                    self._probes.save()
         return self._max_lowers
 
     def _make_mounter(self) -> Mounter:
@@ -879,13 +880,13 @@ class OverlayDriver(Driver):
 
     def status(self) -> list[tuple[str, str]]:
         """overlay2's pairs plus mount API, depth limit, quota mechanism and layer count."""
-        probe = self._probe()
+        probe = self._probe(persist=False)
         try:
             quota = self._quota_kind()
             quota_text = "xfs project quota" if quota == "project" else "loop-mounted ext4 image"
         except QuotaNotSupportedError as exc:
             quota_text = f"unsupported ({exc})"
-        native = self._use_native()
+        native = self._native_mode != "false" and probe.native
         pairs = [
             ("Backing Filesystem", self.backing_fs),
             ("Supports d_type", "true"),
@@ -899,7 +900,7 @@ class OverlayDriver(Driver):
             ("Using metacopy", str(probe.metacopy).lower()),
             ("Mount API", "fsconfig lowerdir+" if self._new_api else "mount(2)"),
             ("Mount Options", ",".join(self._mount_options)),
-            ("Max Depth", str(self.max_lowers)),
+            ("Max Depth", str(self._lowers_limit(persist=False))),
             ("Quota", quota_text),
             ("Layers", str(len(self._layer_names()))),
             ("Runtime Directory", str(self.runroot)),
@@ -1121,8 +1122,14 @@ class OverlayDriver(Driver):
 
     # -- diffs -------------------------------------------------------------------------
 
-    def _probe(self) -> NativeDiffProbe:
-        """The native-diff verdict: from the probe file, else measured (and kept there)."""
+    def _probe(self, *, persist: bool = True) -> NativeDiffProbe:
+        """The native-diff verdict: from the probe file, else measured (and kept there).
+
+        ``status`` passes ``persist=False``: a query writes nothing to the
+        store, so its measurement stays in this process (a store on a
+        read-only disk never persists one).  A diff keeps it for the next
+        process, since measuring costs a scratch mount.
+        """
         if self._native_probe is None:
             native = self._probes.get("native_diff")
             if native in ("0", "1"):
@@ -1131,6 +1138,8 @@ class OverlayDriver(Driver):
                     self._probes.get("native_reason") or "",
                     self._probes.get("native_metacopy") == "1",
                 )
+            elif not persist or read_only(self.runroot):
+                return probe_native_diff(self._root, self._mount_options)
             else:
                 probe = probe_native_diff(
                     self._root, self._mount_options, self.runroot / "native-diff.json"

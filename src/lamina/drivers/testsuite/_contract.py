@@ -357,7 +357,7 @@ def check_remove_during_a_diff_stream(driver: Driver, profile: DriverProfile) ->
 
 
 def check_queries_create_no_state(driver: Driver, profile: DriverProfile) -> None:
-    """``exists``, ``status`` and ``get_metadata`` write nothing to the store."""
+    """``exists``, ``status``, ``get_metadata`` and removing a missing layer write nothing."""
     _base(driver, profile)
     driver.cleanup()
 
@@ -373,6 +373,7 @@ def check_queries_create_no_state(driver: Driver, profile: DriverProfile) -> Non
     assert driver.exists("base") and not driver.exists("nothing")
     driver.status()
     driver.get_metadata("base")
+    driver.remove("nothing")
     assert tree() == before, "a query changed the store"
 
 

@@ -60,6 +60,7 @@ import lamina
 from lamina import archive
 from lamina._change import Change, ChangeKind
 from lamina._fs import (
+    DEFAULT_LOCK_TIMEOUT,
     DETACHED,
     Mount,
     Mounter,
@@ -69,12 +70,14 @@ from lamina._fs import (
     exchange_dirs,
     fs_type,
     grow_image,
+    layer_lock,
     loop_supported,
     made_by_other_live_process,
     make_staging_dir,
     mount_image,
     mount_spec,
     mounts_below,
+    read_only,
     remove_tree,
     rename_noreplace,
     retire_dir,
@@ -85,7 +88,7 @@ from lamina._fs import (
 from lamina._units import ram_in_bytes
 from lamina.archive._tarsplit import assemble, read_records
 from lamina.archive.windows import MUTATED_FILES
-from lamina.drivers._base import Driver, FileGetter, StorageOpts, validate_id
+from lamina.drivers._base import Driver, FileGetter, StorageOpts, stream_hold_key, validate_id
 from lamina.drivers.windowsfilter import _layout
 from lamina.drivers.windowsfilter._confine import PARENT_PID_ENV
 from lamina.drivers.windowsfilter._export import PipeReader, generate_diff
@@ -136,6 +139,7 @@ _REMOVING = "-removing"
 #: In ``.lamina/`` of a folder being removed: the name it is renamed to.
 _REMOVAL_RECORD = "removing"
 _RUN = ".run"
+_LOCKS = "locks"  # per-layer apply locks, inside the runtime directory
 #: A sandbox kept in a plain directory: nothing to mount, but its holds are counted.
 _SANDBOX_DIR_VIEW = "windowsfilter-sandbox-dir"
 #: Filesystems that cannot hold layer folders: they fold case (two Windows
@@ -248,11 +252,14 @@ class WindowsFilterDriver(Driver):
             self._overlay_off = _overlay_unavailable()
             if self._overlay_off and self.view_mode == "overlay":
                 raise PrerequisitesError(f"{_VIEW_OPTION}=overlay: {self._overlay_off}")
-        os.makedirs(home, mode=0o700, exist_ok=True)
-        os.chmod(home, 0o700)
+        if not read_only(probe):  # a read-only store is opened as it is, for queries
+            os.makedirs(home, mode=0o700, exist_ok=True)
+            os.chmod(home, 0o700)
         super().__init__(home, options)
         self._lock = threading.Lock()
         self._in_flight: set[str] = set()
+        #: seconds an apply waits for another process's apply of the same layer
+        self.lock_timeout = DEFAULT_LOCK_TIMEOUT
 
     def _make_mounter(self) -> Mounter:
         # Holds are counted across processes in one RefStore (as the overlay
@@ -278,11 +285,34 @@ class WindowsFilterDriver(Driver):
         Asks the hold store only: callers check this process's mounter first,
         outside the store lock (the mounter's lock is always taken first).
         """
+        stream = stream_hold_key(self._dir(rid))
         try:
             target = self._view_target(rid)
-        except LaminaError:  # no metadata: nothing can hold a view of it
-            return False
-        return bool(self._store.holders(str(target)))
+        except LaminaError:  # no metadata: no view, but a stream may still read it
+            return bool(self._store.holders(stream))
+        return self._store.first_held([str(target), stream]) is not None
+
+    def _child_of(self, rid: str) -> str | None:
+        """A layer whose chain (``layerchain.json``) stands on ``rid``, or None.
+
+        Called under the store lock by ``remove``; a damaged chain is
+        skipped (it cannot be followed to ``rid`` by any view either).
+        """
+        layer = os.fspath(self._dir(rid))
+        try:
+            entries = list(os.scandir(self.home))
+        except FileNotFoundError:
+            return None
+        for entry in entries:
+            if entry.name == rid or not entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                chain = _layout.read_layer_chain(Path(entry.path))
+            except (LaminaError, OSError):
+                continue
+            if layer in chain:
+                return entry.name
+        return None
 
     # -- paths and ids ---------------------------------------------------------
 
@@ -487,6 +517,9 @@ class WindowsFilterDriver(Driver):
                 raise InUseError(f"layer {id} is in use by another process")
             if not os.path.isdir(layer) or os.path.islink(layer):
                 return
+            child = self._child_of(rid)
+            if child is not None:
+                raise InUseError(f"layer {id} has children ({child} stands on it)")
             aside = self._removal_target(rid)
             if aside is None:
                 gone = retire_dir(layer, self.home / _STAGING, rid)
@@ -733,7 +766,12 @@ class WindowsFilterDriver(Driver):
             raise _apply_error(id, exc.errno, exc.strerror or str(exc), exc.filename) from exc
 
     def _apply_diff(self, id: str, parent: str | None, diff: BinaryIO) -> int:
+        """Import under the layer's lock: a second apply (any process) sees the first's."""
         validate_id(id)
+        with layer_lock(self.home / _RUN / _LOCKS, id, timeout=self.lock_timeout):
+            return self._apply_locked(id, parent, diff)
+
+    def _apply_locked(self, id: str, parent: str | None, diff: BinaryIO) -> int:
         layer = self._dir(id)
         if layer.exists():
             meta = _layout.read_meta(layer)
@@ -929,6 +967,13 @@ class WindowsFilterDriver(Driver):
         meta = self._meta(rid)
         layer = self._dir(rid)
         own_parent = not parent or self._resolve(parent) == meta.parent
+        # an open stream holds the layer, as a view does: ``remove`` (in any
+        # process) refuses it rather than cutting the stream short
+        key = stream_hold_key(layer)
+
+        def unhold() -> None:
+            self._store.unhold(key)
+
         if meta.kind == _layout.KIND_IMAGE and meta.imported and own_parent:
             getter = _Getter(layer, meta, None, None)
 
@@ -936,10 +981,13 @@ class WindowsFilterDriver(Driver):
                 with gzip.open(layer / _layout.LAMINA_DIR / _layout.TAR_SPLIT, "rb") as f:
                     assemble(read_records(f), getter, out)  # type: ignore[arg-type]
 
-            return io_buffered(PipeReader(replay, lambda: None))
+            self._store.hold(key)
+            return io_buffered(PipeReader(replay, unhold))
         rid, new, old, held = self._views(id, parent)
         try:
             found = changes_between(new, old)
+            if held is None:  # a sandbox is held by its get
+                self._store.hold(key)
         except BaseException:
             if held is not None:
                 self.put(rid)
@@ -952,6 +1000,8 @@ class WindowsFilterDriver(Driver):
         def release() -> None:
             if held is not None:
                 self.put(rid)
+            else:
+                unhold()
 
         return io_buffered(PipeReader(produce, release))
 
