@@ -28,9 +28,9 @@ import threading
 
 import atheris
 
-with atheris.instrument_imports(include=["lamina.archive", "lamina.errors"]):
+with atheris.instrument_imports(include=["lamina.archive", "lamina._tree", "lamina.errors"]):
+    from lamina._tree import remove_tree_at
     from lamina.archive import ApplyOptions, apply_layer
-    from lamina.archive._apply import _rmtree_at
     from lamina.archive._tarreader import TarReader
     from lamina.errors import InvalidArchiveError, LaminaError
 
@@ -102,7 +102,7 @@ def _apply(data: bytes) -> None:
         assert len(os.listdir("/proc/self/fd")) == fds, "descriptor leak"
         assert threading.active_count() == threads, "decompression thread left running"
         assert _snapshot() == BEFORE, "the sentinel or the jail changed"
-        _rmtree_at(BASE_FD, "dest")
+        remove_tree_at(BASE_FD, "dest")
 
 
 def test_one_input(raw: bytes) -> None:

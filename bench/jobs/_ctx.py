@@ -112,6 +112,8 @@ class Context:
                 "lamina.archive._export",
                 "lamina.archive._changes",
                 "lamina.archive._overlay_changes",
+                "lamina._tree",
+                "lamina._fs._staging",
                 "lamina.drivers.vfs",
                 "lamina.drivers.overlay",
                 "lamina.cli._app",
