@@ -550,11 +550,29 @@ class WindowsFilterDriver(Driver):
         return aside
 
     def _destroy(self, folder: Path) -> None:
+        """Delete a retired folder, its removal record last.
+
+        A ``kill -9`` part-way through leaves a folder that still carries the
+        record naming it, so the next ``cleanup`` recognises and finishes it
+        (deleting the record with the rest could leave an unmarked
+        ``<id>-removing`` that nothing would ever sweep).
+        """
         box = folder / _layout.SANDBOX_DIR
         if os.path.ismount(box):
             unmount_image(box)
-        _clear_view(folder / _layout.LAMINA_DIR / _layout.VIEW)
-        remove_tree(folder)
+        meta = folder / _layout.LAMINA_DIR
+        _clear_view(meta / _layout.VIEW)
+        record = meta / _REMOVAL_RECORD
+        if not os.path.isfile(record) or os.path.islink(meta):
+            remove_tree(folder)
+            return
+        for name in os.listdir(folder):
+            if name != _layout.LAMINA_DIR:
+                remove_tree(folder / name)
+        for name in os.listdir(meta):
+            if name != _REMOVAL_RECORD:
+                remove_tree(meta / name)
+        remove_tree(folder)  # now only the record and its directory
 
     def exists(self, id: str) -> bool:
         """Whether the layer folder exists (the seed's ``LayerExists``)."""
