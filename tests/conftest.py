@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -101,3 +102,44 @@ def xfs_pquota(tmp_path: Path) -> Iterator[Path]:
     finally:
         while is_mountpoint(mnt):
             umount(mnt)
+
+
+# -- deep test trees vs pytest's own clean-up -------------------------------------------
+
+_PRUNE_DEPTH = 48  # directories this far below a test's tmp_path are removed at session end
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Remove the deep parts of this session's temporary trees with lamina's own remover.
+
+    Several tests build 1,500-deep directory chains.  pytest deletes old
+    temporary roots with ``shutil.rmtree``, which recurses once per level and
+    dies with ``RecursionError`` in a later session's clean-up (failing that
+    session after its tests ran).  Pruning below a fixed depth keeps what a
+    failed test left for inspection near its top, and leaves nothing that the
+    recursive clean-up cannot take.
+    """
+    from lamina._tree import remove_tree
+    from lamina.errors import LaminaError
+
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    basetemp = getattr(factory, "_basetemp", None)
+    if basetemp is None or not os.path.isdir(basetemp):
+        return
+    stack: list[tuple[str, int]] = [(str(basetemp), 0)]
+    while stack:
+        path, depth = stack.pop()
+        try:
+            entries = list(os.scandir(path))
+        except OSError:
+            continue
+        for entry in entries:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            if depth + 1 >= _PRUNE_DEPTH:
+                # a mount left behind (InUseError): pytest reports its own trouble with it
+                with contextlib.suppress(OSError, LaminaError):
+                    remove_tree(entry.path)
+            else:
+                stack.append((entry.path, depth + 1))
