@@ -275,15 +275,7 @@ class Manifest(_Document):
             "config": self.config.to_dict(),
             "layers": [layer.to_dict() for layer in self.layers],
         }
-        if self.media_type is not None:
-            data["mediaType"] = self.media_type
-        if self.annotations:
-            data["annotations"] = dict(self.annotations)
-        if self.subject is not None:
-            data["subject"] = self.subject.to_dict()
-        if self.artifact_type is not None:
-            data["artifactType"] = self.artifact_type
-        return data
+        return _with_optional_fields(data, self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object], what: str = "image manifest") -> Manifest:
@@ -356,15 +348,7 @@ class Index(_Document):
             "schemaVersion": 2,
             "manifests": [item.to_dict() for item in self.manifests],
         }
-        if self.media_type is not None:
-            data["mediaType"] = self.media_type
-        if self.annotations:
-            data["annotations"] = dict(self.annotations)
-        if self.subject is not None:
-            data["subject"] = self.subject.to_dict()
-        if self.artifact_type is not None:
-            data["artifactType"] = self.artifact_type
-        return data
+        return _with_optional_fields(data, self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object], what: str = "image index") -> Index:
@@ -684,3 +668,16 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
+
+
+def _with_optional_fields(data: dict[str, object], doc: Manifest | Index) -> dict[str, object]:
+    """Add the fields a manifest and an index share, where set (their JSON order)."""
+    if doc.media_type is not None:
+        data["mediaType"] = doc.media_type
+    if doc.annotations:
+        data["annotations"] = dict(doc.annotations)
+    if doc.subject is not None:
+        data["subject"] = doc.subject.to_dict()
+    if doc.artifact_type is not None:
+        data["artifactType"] = doc.artifact_type
+    return data
